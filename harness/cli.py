@@ -1,0 +1,216 @@
+"""The ``harness`` command: submit, resume, status, train, ui, plots, bench, schema.
+
+Bad input exits with status 2 and one line naming the YAML key and the rule; nothing is launched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from harness.config import ConfigError, SweepConfig, TrialConfig, load_sweep, load_trial
+
+log = logging.getLogger("harness")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    for noisy in ("alembic", "mlflow", "urllib3", "ray", "filelock", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _human(x: float) -> str:
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
+
+
+def trial_table(sweep: SweepConfig, trials: list[TrialConfig]) -> str:
+    """Plain-text table: varying keys, params, sparsity, tokens, FLOPs; then the total."""
+    from harness.config import flatten
+    from harness.naming import run_name
+
+    axes = sweep.axes
+    header = ["#", "name", *axes, "total", "active", "sparsity", "tokens", "FLOPs"]
+    rows = []
+    for i, t in enumerate(trials):
+        flat = flatten(t.model_dump(mode="json"))
+        pc = t.model.param_counts()
+        tokens = t.train.steps * t.train.batch_tokens
+        rows.append([
+            str(i), run_name(t, sweep), *(str(flat[a]) for a in axes), _human(pc.total),
+            _human(pc.active), f"{t.model.sparsity:g}", _human(tokens), f"{t.total_flops:.3g}",
+        ])
+    widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt.format(*header), *(fmt.format(*r) for r in rows)]
+    total = sum(t.total_flops for t in trials)
+    lines.append(f"{len(trials)} trials, {total:.3g} training FLOPs in all")
+    return "\n".join(lines)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def cli(verbose: bool) -> None:
+    """Scaling-law and ablation harness for Kimi-K2-style MoE models.
+
+    \b
+    Example:
+      harness submit sweeps/smoke.yaml --dry-run
+      harness submit sweeps/smoke.yaml
+      harness status smoke
+      harness ui
+    """
+    _setup_logging(verbose)
+
+
+@cli.command()
+@click.argument("sweep_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--profile", default=None, help="Named override from the YAML's profiles.")
+@click.option("--address", default=None, help="Ray cluster address (default: local Ray).")
+@click.option("--dry-run", is_flag=True, help="Print the trial table; launch nothing.")
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None)
+def submit(
+    sweep_file: Path, profile: str | None, address: str | None, dry_run: bool,
+    max_concurrent: int | None,
+) -> None:
+    """Run a sweep on Ray Tune, logged to MLflow; finished trials are skipped.
+
+    \b
+    Example:
+      harness submit sweeps/sparsity.yaml --profile gpu --address auto
+    """
+    sweep = load_sweep(sweep_file, profile)
+    trials = sweep.expand()
+    if dry_run:
+        click.echo(trial_table(sweep, trials))
+        return
+    _run(sweep, address, max_concurrent)
+
+
+def _run(sweep: SweepConfig, address: str | None, max_concurrent: int | None) -> None:
+    from harness.launch import submit as launch
+    from harness.tracking import check_store
+
+    check_store()
+    s = launch(sweep, address=address, max_concurrent=max_concurrent)
+    click.echo(
+        f"{sweep.name}: {s.total} trials · {s.skipped} already done · {s.finished} finished · "
+        f"{s.diverged} diverged · {s.failed} failed · {s.wall_s:.0f}s"
+    )
+    if s.interrupted or s.failed:
+        click.echo(f"next: harness resume {sweep.name}")
+        sys.exit(1)
+    click.echo(f"next: harness status {sweep.name} · make ui · make plots")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--address", default=None, help="Ray cluster address (default: local Ray).")
+def resume(name: str, address: str | None) -> None:
+    """Continue an interrupted sweep: unfinished trials resume from their checkpoints.
+
+    \b
+    Example:
+      harness resume sparsity
+    """
+    from harness.status import stored_sweep
+
+    _run(stored_sweep(name), address, None)
+
+
+@cli.command()
+@click.argument("name", required=False)
+def status(name: str | None) -> None:
+    """List sweeps, or one sweep's trials and their states, from MLflow.
+
+    \b
+    Example:
+      harness status            # every sweep
+      harness status smoke      # one sweep's trials
+    """
+    from harness.status import status_text
+
+    click.echo(status_text(name))
+
+
+@cli.command()
+@click.argument("trial_file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--experiment", default="train", show_default=True, help="MLflow experiment.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None) -> None:
+    """Run one trial in this process (no Ray), logged to MLflow.
+
+    \b
+    Example:
+      harness train tests/data/tiny_trial.yaml
+    """
+    from harness.launch import default_storage
+    from harness.tracking import MLflowTracker, check_store, get_or_create_experiment, mlflow_client
+    from harness.train import run_trial
+
+    trial = load_trial(trial_file)
+    check_store()
+    client = mlflow_client()
+    exp = get_or_create_experiment(client, experiment)
+    tracker = MLflowTracker.attach(client, exp, trial.hash, trial_file.stem, {"sweep": experiment})
+    ckpt = checkpoint_dir or default_storage() / "checkpoints" / trial.hash
+    steps = trial.train.steps
+
+    def on_log(step: int, m: dict[str, float]) -> None:
+        val = f" val {m['val/loss']:.4f}" if "val/loss" in m else ""
+        log.info("step %d/%d  loss %.4f%s  %.0f tok/s  max logit %.1f", step, steps,
+                 m["train/loss"], val, m["perf/tokens_per_s"], m["attn/max_logit"])
+
+    result = run_trial(trial, tracker, ckpt, on_log=on_log)
+    click.echo(json.dumps(result.__dict__, indent=1))
+    click.echo(f"next: harness ui  (experiment '{experiment}')")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Listen address.")
+@click.option("--port", default=5000, show_default=True, type=int)
+def ui(host: str, port: int) -> None:
+    """Serve the MLflow UI over the harness's store (local only unless --host is given).
+
+    \b
+    Example:
+      harness ui --port 5001
+    """
+    from harness.tracking import default_tracking_uri
+
+    uri = default_tracking_uri()
+    where = "this machine only" if host == "127.0.0.1" else f"ALL interfaces via {host}"
+    click.echo(f"MLflow UI on http://{host}:{port} ({where}); store {uri}", err=True)
+    args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+            "--host", host, "--port", str(port)]
+    os.execv(sys.executable, args)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: ConfigError -> one line on stderr, exit status 2."""
+    try:
+        return cli.main(args=argv, standalone_mode=False)
+    except ConfigError as e:
+        click.echo(f"harness: error: {e}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as e:
+        click.echo(f"harness: error: {e.format_message()}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,381 @@
+"""One trial: config -> model, optimizer, data -> train loop -> logged loss curve.
+
+``run_trial`` is resumable: a checkpoint every ``train.checkpoint_every`` tokens holds the model,
+optimizer, step and the metric rows logged so far; a restarted trial loads it, replays the rows
+(trackers drop points they already have) and continues, so on CPU the resumed curve equals the
+uninterrupted one exactly. A finished trial leaves ``result.json`` and is never run twice.
+Batches are a pure function of (seed, step), so no data state is needed to resume.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from harness.config import TrialConfig
+from harness.data import TokenData, load_data, train_batch, val_batches
+from harness.env import device_peak_flops, environment_tags, pick_device
+from harness.model.transformer import Telemetry, Transformer
+from harness.optim import build_optimizer, qk_clip_
+from harness.schedule import lr_multiplier
+from harness.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+CKPT, RESULT = "ckpt.pt", "result.json"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """Summary of a finished (or diverged) trial."""
+
+    status: str  # finished | diverged
+    steps: int
+    tokens: int
+    flops: float
+    final_train_loss: float
+    final_val_loss: float
+    wall_s: float
+    tokens_per_s: float
+
+
+@dataclass
+class _Window:
+    """Statistics accumulated between two metric logs."""
+
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)
+    max_logits: torch.Tensor | None = None  # (L, H) running max
+    loads: torch.Tensor | None = None  # (L_moe, E) summed tokens per expert
+    clipped: torch.Tensor | None = None  # (L,) heads clipped, summed
+    tokens: int = 0
+    seconds: float = 0.0
+
+    def add(self, loss: float, gnorm: float, tel: Telemetry, clipped: torch.Tensor | None) -> None:
+        self.losses.append(loss)
+        self.grad_norms.append(gnorm)
+        ml = tel.max_logits.float().cpu()
+        self.max_logits = ml if self.max_logits is None else torch.maximum(self.max_logits, ml)
+        ld = tel.expert_load.float().cpu()
+        self.loads = ld if self.loads is None else self.loads + ld
+        if clipped is not None:
+            c = clipped.cpu().float()
+            self.clipped = c if self.clipped is None else self.clipped + c
+
+
+class Trainer:
+    """State and steps of one trial; ``run_trial`` is the entry point."""
+
+    def __init__(self, trial: TrialConfig, data: TokenData, device: torch.device) -> None:
+        self.trial, self.data, self.device = trial, data, device
+        tc = trial.train
+        torch.manual_seed(tc.seed)
+        self.model = Transformer(trial.model).to(device)
+        self.optimizer = build_optimizer(self.model, trial.optim)
+        self.forward: Callable[..., Any] = (
+            torch.compile(self.model) if tc.compile else self.model  # type: ignore[assignment]
+        )
+        self.micro_bs = (tc.micro_batch_tokens or tc.batch_tokens) // tc.seq_len
+        self.flops_per_token = trial.model.flops_per_token(tc.seq_len)
+        self.val = val_batches(data, tc.seq_len, trial.data.val_tokens, self.micro_bs)
+        self.autocast = device.type == "cuda"
+        self.step = 0
+        self.rows: list[tuple[int, dict[str, float]]] = []
+        self.run_max_logits: torch.Tensor | None = None
+        self.elapsed = 0.0
+
+    # checkpoints -------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "rows": [[s, m] for s, m in self.rows],
+            "run_max_logits": self.run_max_logits,
+            "elapsed": self.elapsed,
+            "rng": torch.get_rng_state(),
+        }
+
+    def load(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.rows = [(int(s), dict(m)) for s, m in state["rows"]]
+        self.run_max_logits = state["run_max_logits"]
+        self.elapsed = float(state["elapsed"])
+        torch.set_rng_state(state["rng"])
+
+    # steps -------------------------------------------------------------------------------------
+    def loss_of(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Telemetry]:
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
+            logits, tel = self.forward(x)  # (B, T, V)
+        ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        return ce, tel
+
+    def train_step(self) -> tuple[float, float, Telemetry, torch.Tensor | None]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns loss and telemetry."""
+        tc, opt = self.trial.train, self.optimizer
+        total, max_logits, loads = 0.0, None, None
+        for micro in range(tc.grad_accum):
+            x, y = train_batch(self.data, tc.seq_len, self.micro_bs, tc.seed, self.step, micro)
+            ce, tel = self.loss_of(x.to(self.device), y.to(self.device))
+            ((ce + tel.aux_loss) / tc.grad_accum).backward()
+            total += ce.item() / tc.grad_accum
+            ml, ld = tel.max_logits, tel.expert_load
+            max_logits = ml if max_logits is None else torch.maximum(max_logits, ml)
+            loads = ld if loads is None else loads + ld
+        assert max_logits is not None and loads is not None
+        gnorm = self.clip_grads()
+        mult = lr_multiplier(tc, self.step)
+        for group in opt.param_groups:
+            group["lr"] = group["base_lr"] * mult
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        clipped = None
+        if self.trial.optim.qk_clip_tau is not None:
+            clipped = qk_clip_(self.model, self.trial.optim.qk_clip_tau, max_logits)
+        self.model.update_router_bias(loads)
+        self.step += 1
+        tel = Telemetry(max_logits=max_logits, expert_load=loads, aux_loss=tel.aux_loss.detach())
+        return total, gnorm, tel, clipped
+
+    def clip_grads(self) -> float:
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        max_norm = self.trial.train.grad_clip or math.inf
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        self.model.eval()
+        losses = [self.loss_of(x.to(self.device), y.to(self.device))[0] for x, y in self.val]
+        self.model.train()
+        return float(torch.stack(losses).mean())
+
+    # metrics -----------------------------------------------------------------------------------
+    def metrics(self, w: _Window, val_loss: float | None) -> dict[str, float]:
+        tc = self.trial.train
+        tokens = self.step * tc.batch_tokens
+        tps = w.tokens / max(w.seconds, 1e-9)
+        m: dict[str, float] = {
+            "train/loss": sum(w.losses) / len(w.losses),
+            "tokens": float(tokens),
+            "flops": self.flops_per_token * tokens,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "grad_norm": sum(w.grad_norms) / len(w.grad_norms),
+            "perf/tokens_per_s": tps,
+        }
+        if val_loss is not None:
+            m["val/loss"] = val_loss
+        rms = getattr(self.optimizer, "last_update_rms", None)
+        if rms is not None:
+            m["muon/update_rms"] = float(rms)
+        peak = device_peak_flops(self.device)
+        if peak:
+            m["perf/mfu"] = self.flops_per_token * tps / peak
+        m.update(self._attention_metrics(w))
+        m.update(self._moe_metrics(w))
+        return m
+
+    def _attention_metrics(self, w: _Window) -> dict[str, float]:
+        assert w.max_logits is not None
+        per_layer = w.max_logits.amax(dim=1)  # (L,)
+        m = {"attn/max_logit": float(per_layer.max())}
+        m.update({f"attn/max_logit/L{i}": float(v) for i, v in enumerate(per_layer)})
+        if w.clipped is not None:
+            m["attn/heads_clipped"] = float(w.clipped.sum())
+            m.update({f"attn/heads_clipped/L{i}": float(v) for i, v in enumerate(w.clipped)})
+        rml = self.run_max_logits
+        self.run_max_logits = w.max_logits if rml is None else torch.maximum(rml, w.max_logits)
+        return m
+
+    def _moe_metrics(self, w: _Window) -> dict[str, float]:
+        assert w.loads is not None
+        if w.loads.numel() == 0:
+            return {}
+        first = self.trial.model.first_k_dense
+        imbalance = w.loads.amax(dim=1) / w.loads.mean(dim=1).clamp_min(1e-9)  # (L_moe,)
+        dead = (w.loads == 0).sum(dim=1)
+        biases = [b.e_score_bias for b in self.moe_layers()]
+        m = {"moe/imbalance": float(imbalance.mean()), "moe/dead_experts": float(dead.sum())}
+        for j, (imb, d, b) in enumerate(zip(imbalance, dead, biases, strict=True)):
+            m[f"moe/imbalance/L{first + j}"] = float(imb)
+            m[f"moe/dead_experts/L{first + j}"] = float(d)
+            m[f"moe/bias_range/L{first + j}"] = float(b.max() - b.min())
+        return m
+
+    def moe_layers(self) -> list[Any]:
+        return [blk.ffn for blk in self.model.blocks[self.trial.model.first_k_dense :]]
+
+    def logit_table(self) -> str:
+        """CSV of the per-head max attention logit over the whole run."""
+        lines = ["layer,head,max_logit"]
+        if self.run_max_logits is not None:
+            for (i, h), v in zip(
+                torch.cartesian_prod(
+                    torch.arange(self.run_max_logits.shape[0]),
+                    torch.arange(self.run_max_logits.shape[1]),
+                ).tolist(),
+                self.run_max_logits.flatten().tolist(),
+                strict=True,
+            ):
+                lines.append(f"{i},{h},{v:.6g}")
+        return "\n".join(lines) + "\n"
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a torn checkpoint."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _replay(tracker: Tracker, rows: list[tuple[int, dict[str, float]]]) -> None:
+    for step, metrics in rows:
+        tracker.log_metrics(metrics, step=step)
+
+
+def _finished(tracker: Tracker, path: Path) -> TrialResult:
+    """Replay a finished trial's record into the tracker without training again."""
+    saved = json.loads(path.read_text())
+    _replay(tracker, [(int(s), m) for s, m in saved["rows"]])
+    for name, text in saved["artifacts"].items():
+        tracker.log_artifact(name, text)
+    result = TrialResult(**saved["result"])
+    tracker.finish(result.status)
+    return result
+
+
+def run_trial(
+    trial: TrialConfig,
+    tracker: Tracker,
+    checkpoint_dir: str | Path | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    on_log: Callable[[int, dict[str, float]], None] | None = None,
+    stop_after: int | None = None,
+) -> TrialResult:
+    """Train one trial to its token budget, logging to ``tracker``; resume from checkpoints.
+
+    ``stop_after`` (steps) stops early without finishing the run, as a crash would; tests use it.
+    """
+    tc = trial.train
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if (ckpt_dir / RESULT).exists():
+            log.info("trial %s already finished; replaying its record", trial.hash)
+            return _finished(tracker, ckpt_dir / RESULT)
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    device = pick_device(tc.device)
+    data = load_data(trial.data, cache_dir)
+    trainer = Trainer(trial, data, device)
+    if ckpt_dir is not None and (ckpt_dir / CKPT).exists():
+        trainer.load(torch.load(ckpt_dir / CKPT, weights_only=True, map_location=device))
+        log.info("trial %s resumed at step %d", trial.hash, trainer.step)
+    tracker.set_tags({**environment_tags(device), "trial_hash": trial.hash})
+    tracker.log_params(
+        {**trial.flat(), "data.fingerprint": json.dumps(data.fingerprint, sort_keys=True)}
+    )
+    tracker.log_artifact("trial.yaml", trial_yaml(trial))
+    _replay(tracker, trainer.rows)
+    status = _train(trainer, tracker, ckpt_dir, on_log, stop_after)
+    if status == "interrupted":
+        return _result(trainer, "interrupted")
+    result = _result(trainer, status)
+    artifacts = {
+        "max_logits.csv": trainer.logit_table(),
+        "summary.json": json.dumps(
+            {**asdict(result), "entropy": data.entropy, "hash": trial.hash}, indent=1
+        ),
+    }
+    for name, text in artifacts.items():
+        tracker.log_artifact(name, text)
+    if ckpt_dir is not None:
+        record = {"result": asdict(result), "rows": trainer.rows, "artifacts": artifacts}
+        _write_json_atomic(record, ckpt_dir / RESULT)
+        (ckpt_dir / CKPT).unlink(missing_ok=True)
+    tracker.finish(status)
+    return result
+
+
+def _train(
+    trainer: Trainer,
+    tracker: Tracker,
+    ckpt_dir: Path | None,
+    on_log: Callable[[int, dict[str, float]], None] | None,
+    stop_after: int | None,
+) -> str:
+    """The loop; returns ``finished``, ``diverged`` or ``interrupted``."""
+    tc = trainer.trial.train
+    eval_steps = max(1, tc.eval_every // tc.batch_tokens)
+    ckpt_steps = max(1, tc.checkpoint_every // tc.batch_tokens)
+    window, status = _Window(), "finished"
+    while trainer.step < tc.steps:
+        t0 = time.perf_counter()
+        loss, gnorm, tel, clipped = trainer.train_step()
+        dt = time.perf_counter() - t0
+        trainer.elapsed += dt
+        window.add(loss, gnorm, tel, clipped)
+        window.tokens += tc.batch_tokens
+        window.seconds += dt
+        diverged = not math.isfinite(loss) or loss > tc.diverge_loss
+        last = trainer.step == tc.steps or diverged
+        if trainer.step % tc.log_every == 0 or last or trainer.step % eval_steps == 0:
+            wants_eval = (trainer.step % eval_steps == 0 or last) and not diverged
+            metrics = trainer.metrics(window, trainer.evaluate() if wants_eval else None)
+            trainer.rows.append((trainer.step, metrics))
+            tracker.log_metrics(metrics, step=trainer.step)
+            if on_log is not None:
+                on_log(trainer.step, metrics)
+            window = _Window()
+        if diverged:
+            log.warning("trial %s diverged at step %d (loss %s)", trainer.trial.hash,
+                        trainer.step, loss)
+            status = "diverged"
+            break
+        if ckpt_dir is not None and trainer.step % ckpt_steps == 0 and not last:
+            _save_atomic(trainer.state(), ckpt_dir / CKPT)
+        if stop_after is not None and trainer.step >= stop_after:
+            return "interrupted"
+    return status
+
+
+def _result(trainer: Trainer, status: str) -> TrialResult:
+    tc = trainer.trial.train
+    last = trainer.rows[-1][1] if trainer.rows else {}
+    vals = [m["val/loss"] for _, m in trainer.rows if "val/loss" in m]
+    tokens = trainer.step * tc.batch_tokens
+    return TrialResult(
+        status=status,
+        steps=trainer.step,
+        tokens=tokens,
+        flops=trainer.flops_per_token * tokens,
+        final_train_loss=float(last.get("train/loss", math.nan)),
+        final_val_loss=float(vals[-1]) if vals else math.nan,
+        wall_s=trainer.elapsed,
+        tokens_per_s=tokens / max(trainer.elapsed, 1e-9),
+    )
+
+
+def trial_yaml(trial: TrialConfig) -> str:
+    """The resolved trial as YAML (every default filled in): reproduce with ``harness train``."""
+    import yaml
+
+    return yaml.safe_dump(trial.model_dump(mode="json"), sort_keys=False)
