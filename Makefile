@@ -5,6 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 SWEEP   ?= smoke
 PROFILE ?=
+PROFILE_ARG := $(if $(PROFILE),--profile $(PROFILE),)
 
 .PHONY: setup test lint demo sweep plots bench ui clean
 
@@ -23,3 +24,26 @@ test: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# The main job: a small real sweep on local Ray, logged to MLflow, laws fitted, plots written.
+demo: setup
+	$(BIN)/harness submit sweeps/smoke.yaml
+	$(BIN)/harness plots --experiment smoke --refresh
+	@echo "figures and report: results/smoke/ and results/report.md"
+	@echo "MLflow UI:          make ui   (then open http://127.0.0.1:5000)"
+
+# Any study: make sweep SWEEP=sparsity [PROFILE=gpu]
+sweep: setup
+	$(BIN)/harness submit sweeps/$(SWEEP).yaml $(PROFILE_ARG)
+
+plots: setup
+	$(BIN)/harness plots
+
+bench: setup
+	$(BIN)/harness bench
+
+ui: setup
+	$(BIN)/harness ui
+
+clean:
+	rm -rf .harness mlflow.db mlartifacts results/cache

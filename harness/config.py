@@ -232,6 +232,12 @@ class OptimConfig(Frozen):
         return "muonclip" if self.name == "muon" else f"{self.name}+clip"
 
 
+SYNTHETIC_MAX_CONTEXTS = 2**17
+"""Most contexts (synthetic_vocab ** synthetic_order) whose stationary law is solved exactly."""
+SYNTHETIC_MAX_TRANSITIONS = 2**24
+"""Most nonzero transitions (contexts x synthetic_branching) of the synthetic chain."""
+
+
 class DataConfig(Frozen):
     """Where tokens come from and how text becomes tokens."""
 
@@ -261,6 +267,19 @@ class DataConfig(Frozen):
             raise ValueError(
                 f"synthetic_branching ({self.synthetic_branching}) must be <= synthetic_vocab "
                 f"({self.synthetic_vocab})"
+            )
+        contexts = self.synthetic_vocab**self.synthetic_order
+        if self.corpus == "synthetic" and contexts > SYNTHETIC_MAX_CONTEXTS:
+            raise ValueError(
+                f"synthetic_vocab ** synthetic_order ({self.synthetic_vocab} ** "
+                f"{self.synthetic_order} = {contexts}) must be <= {SYNTHETIC_MAX_CONTEXTS} contexts"
+            )
+        if self.corpus == "synthetic" and contexts * self.synthetic_branching > (
+            SYNTHETIC_MAX_TRANSITIONS
+        ):
+            raise ValueError(
+                f"synthetic_branching ({self.synthetic_branching}) x {contexts} contexts must be "
+                f"<= {SYNTHETIC_MAX_TRANSITIONS} transitions"
             )
         return self
 
