@@ -1,0 +1,261 @@
+"""Compute multipliers between arms: the K2 sparsity law and C_b(L*) / C_a(L*) frontiers.
+
+Kimi K2 report (arXiv 2507.20534, section 2.3) sweeps sparsity (routed / active experts) at fixed
+activated parameters and reports, at a target loss L*, how many times fewer FLOPs one sparsity
+needs than another ("at validation loss 1.5, sparsity 48 needs 1.69x, 1.39x and 1.15x fewer FLOPs
+than sparsity 8, 16 and 32"). Separate per-arm fits of such ratios are ill-conditioned, so
+``fit_sparsity_law`` fits all arms jointly with shared exponent and floor and a per-arm compute
+multiplier m_s (m = 1 for the reference arm; cf. Volkova et al. 2026 for per-arm multipliers):
+
+    L = E + A (m_s C)^-alpha,
+
+which is L = E + A_s C^-alpha with A_s = A m_s^-alpha, fitted by variable projection
+(``analysis.power_law``). Under this law the FLOP ratio at any L* > E is
+C_S0(L*) / C_S(L*) = m_S / m_S0. ``compute_multiplier`` instead reads the ratio off two fitted
+frontiers L(C) = E + A C^-alpha, as a function of L*. Intervals resample runs within each arm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import pandas as pd
+from numpy.typing import ArrayLike
+
+from analysis.fitcore import (
+    DEFAULT_HUBER_DELTA,
+    FitError,
+    FloatArray,
+    GoodnessOfFit,
+    Interval,
+    bootstrap_intervals,
+    bootstrap_weights,
+    percentile_intervals,
+)
+from analysis.power_law import PowerCurves, fit_power_curves, refit_power_curves
+
+
+@dataclass(frozen=True)
+class FlopRatio:
+    """``arm`` reaches loss ``L_star`` with ``ratio`` times fewer FLOPs than ``baseline``:
+    ratio = C_baseline(L*) / C_arm(L*) = m_arm / m_baseline, with its 95% interval ``ci``.
+    ``C_arm`` / ``C_baseline``: the FLOPs each needs for L* (NaN when no L* was given);
+    ``extrapolated``: L* lies outside the losses observed in either arm."""
+
+    arm: Hashable
+    baseline: Hashable
+    ratio: float
+    ci: Interval | None
+    L_star: float
+    C_arm: float
+    C_baseline: float
+    extrapolated: bool
+
+
+@dataclass(frozen=True, eq=False)
+class SparsityLawFit:
+    """L = E + A (m_s C)^-alpha over arms s (module docstring), m = 1 for ``reference``.
+
+    ``multipliers``: m_s per arm; ``ci``: 95% intervals for "E", "A", "alpha" and, per arm,
+    ``multiplier_ci``; ``table``: a :class:`FlopRatio` for every ordered pair (arm after baseline
+    in sorted arm order). ``loss_range``: observed [min, max] loss per arm.
+    ``log_m_samples``: bootstrap replicates of log m_s (columns in ``arms`` order), from which
+    :meth:`ratio` gives any other pair.
+    """
+
+    arms: tuple[Hashable, ...]
+    reference: Hashable
+    E: float
+    A: float
+    alpha: float
+    multipliers: Mapping[Hashable, float]
+    ci: Mapping[str, Interval]
+    multiplier_ci: Mapping[Hashable, Interval]
+    table: tuple[FlopRatio, ...]
+    gof: GoodnessOfFit
+    n_boot_ok: int
+    loss_range: Mapping[Hashable, Interval]
+    log_m_samples: FloatArray = field(repr=False)
+
+    def compute_for_loss(self, L_star: float, arm: Hashable) -> float:
+        """C_s(L*) = ((L* - E) / A)^(-1/alpha) / m_s; NaN at or below the floor E."""
+        if L_star <= self.E:
+            return float("nan")
+        return float(((L_star - self.E) / self.A) ** (-1.0 / self.alpha) / self.multipliers[arm])
+
+    def ratio(self, arm: Hashable, baseline: Hashable, L_star: float = float("nan")) -> FlopRatio:
+        """FLOP ratio C_baseline(L*) / C_arm(L*) = m_arm / m_baseline with its interval."""
+        i, j = self.arms.index(arm), self.arms.index(baseline)
+        ci = None
+        if len(self.log_m_samples):
+            diff = self.log_m_samples[:, [i]] - self.log_m_samples[:, [j]]
+            ci = percentile_intervals(np.exp(diff), ["ratio"])["ratio"]
+        seen = all(L_star in self.loss_range[a] for a in (arm, baseline))
+        return FlopRatio(arm, baseline, self.multipliers[arm] / self.multipliers[baseline], ci,
+                         L_star, self.compute_for_loss(L_star, arm),
+                         self.compute_for_loss(L_star, baseline),
+                         bool(np.isfinite(L_star) and not seen))
+
+
+def _columns(frame: pd.DataFrame, needed: tuple[str, ...]) -> pd.DataFrame:
+    missing = [c for c in needed if c not in frame.columns]
+    if missing:
+        raise FitError(f"frame lacks columns {missing} (has {list(frame.columns)})")
+    return frame.dropna(subset=list(needed)).reset_index(drop=True)
+
+
+def fit_sparsity_law(frame: pd.DataFrame, *, reference: Hashable | None = None,
+                     L_star: float | None = None, n_boot: int = 200, seed: int = 0,
+                     delta: float = DEFAULT_HUBER_DELTA) -> SparsityLawFit:
+    """Joint fit of L = E + A (m_s C)^-alpha over the arms of ``frame`` (module docstring).
+
+    ``frame``: columns ``run``, ``arm`` (e.g. the sparsity), ``flops``, ``loss``: final points,
+    or points along curves that are valid at every step (constant LR or WSD cooldowns, not the
+    middle of a cosine run; Hagele et al. 2024). ``reference``: the arm with m = 1 (default:
+    the first in sorted order). ``L_star``: the target loss of the table (must exceed the
+    fitted floor E; the ratios themselves do not depend on it under this law). Intervals:
+    ``n_boot`` replicates resampling runs within each arm. Huber objective in log space with
+    ``delta``. Raises :class:`FitError` if columns are missing, there are fewer than 2 arms,
+    the joint fit is not identified (see ``fit_power_curves``), or L_star <= E.
+    """
+    df = _columns(frame, ("run", "arm", "flops", "loss"))
+    arms_in = np.asarray(df["arm"])
+    if len(np.unique(arms_in)) < 2:
+        raise FitError("a sparsity law needs >= 2 arms")
+    C, L = df["flops"].to_numpy(float), df["loss"].to_numpy(float)
+    curves = fit_power_curves(C, L, arms_in, floor=True, shared_floor=True, delta=delta)
+    arms = curves.arms
+    ref = arms[0] if reference is None else reference
+    if ref not in arms:
+        raise FitError(f"reference arm {ref!r} is not among {list(arms)}")
+    r = arms.index(ref)
+    E, A = curves.E[0], curves.A[r]
+    if L_star is not None and L_star <= E:
+        raise FitError(f"L* = {L_star} is at or below the fitted floor E = {E:.4g}")
+
+    def log_m(c: PowerCurves) -> FloatArray:
+        amplitudes = np.asarray(c.A, dtype=np.float64)
+        return np.asarray((np.log(amplitudes[r]) - np.log(amplitudes)) / c.alpha)
+
+    lm = log_m(curves)
+    samples = np.empty((0, len(arms)))
+    ci: dict[str, Interval] = {}
+    m_ci: dict[Hashable, Interval] = {}
+    if n_boot > 0:
+        codes = pd.factorize(df["arm"].astype(str) + "\x1f" + df["run"].astype(str))[0]
+        W = bootstrap_weights(codes, n_boot, seed, strata=pd.factorize(df["arm"])[0])
+        reps = refit_power_curves(curves, C, L, arms_in, W, delta)
+        par = np.array([[c.E[0], c.A[r], c.alpha] for c in reps])
+        samples = np.array([log_m(c) for c in reps])
+        ok = np.all(np.isfinite(par), axis=1) & np.all(np.isfinite(samples), axis=1)
+        ci = bootstrap_intervals(par, ["E", "A", "alpha"], ok)
+        samples = samples[ok]
+        names = [str(a) for a in arms]
+        ivs = percentile_intervals(np.exp(samples), names)
+        m_ci = {a: ivs[name] for a, name in zip(arms, names, strict=True)}
+    loss_range = {a: Interval(float(g.min()), float(g.max()))
+                  for a, g in df.groupby("arm")["loss"]}
+    fit = SparsityLawFit(arms, ref, E, A, curves.alpha,
+                         {a: float(np.exp(v)) for a, v in zip(arms, lm, strict=True)}, ci, m_ci,
+                         (), curves.gof, len(samples), loss_range, samples)
+    star = float("nan") if L_star is None else float(L_star)
+    return replace(fit, table=tuple(fit.ratio(arms[i], arms[j], star)
+                                    for j in range(len(arms)) for i in range(j + 1, len(arms))))
+
+
+@dataclass(frozen=True)
+class MultiplierCurve:
+    """C_b(L*) / C_a(L*) at each requested L*, read off fitted frontiers L = E + A C^-alpha.
+
+    ``ratio`` > 1: arm a needs fewer FLOPs than b. Entries are NaN where ``reason`` is not
+    empty (L* at or below a floor, or C(L*) beyond the fitted range by more than the allowed
+    extrapolation); ``lo`` / ``hi``: 95% bootstrap interval (NaN without bootstrap).
+    """
+
+    L_star: tuple[float, ...]
+    ratio: tuple[float, ...]
+    lo: tuple[float, ...]
+    hi: tuple[float, ...]
+    reason: tuple[str, ...]
+    fit_a: PowerCurves = field(repr=False)
+    fit_b: PowerCurves = field(repr=False)
+    shared_exponent: bool
+    n_boot_ok: int
+
+
+def _frontiers(ca: pd.DataFrame, cb: pd.DataFrame, shared: bool,
+               delta: float) -> tuple[PowerCurves, PowerCurves]:
+    if shared:
+        both = pd.concat([ca, cb])
+        arm = np.r_[np.zeros(len(ca), int), np.ones(len(cb), int)]
+        joint = fit_power_curves(both["flops"], both["loss"], arm, shared_floor=False,
+                                 delta=delta)
+        return joint, joint
+    return (fit_power_curves(ca["flops"], ca["loss"], delta=delta),
+            fit_power_curves(cb["flops"], cb["loss"], delta=delta))
+
+
+def compute_multiplier(curves_a: pd.DataFrame, curves_b: pd.DataFrame, L_star: ArrayLike, *,
+                       shared_exponent: bool | None = None, n_boot: int = 200, seed: int = 0,
+                       max_extrapolation: float = 0.5,
+                       delta: float = DEFAULT_HUBER_DELTA) -> MultiplierCurve:
+    """C_b(L*) / C_a(L*) for each L* in ``L_star``, with C_x(L*) = ((L* - E_x)/A_x)^(-1/alpha_x).
+
+    ``curves_a`` / ``curves_b``: columns ``run``, ``flops``, ``loss``. Each arm gets its own
+    L = E + A C^-alpha, or (``shared_exponent``) one alpha with per-arm E and A; None tries
+    separate fits and falls back to the shared exponent when either is not identified.
+    An L* is answered (else NaN and a reason) only if it is above both floors and each C(L*)
+    lies within the arm's compute range widened by ``max_extrapolation`` decades on each side.
+    Intervals: ``n_boot`` replicates resampling runs within each arm. Raises :class:`FitError`
+    if columns are missing or a frontier cannot be fitted.
+    """
+    ca, cb = (_columns(c, ("run", "flops", "loss")) for c in (curves_a, curves_b))
+    stars = np.atleast_1d(np.asarray(L_star, dtype=np.float64))
+    if shared_exponent is None:
+        try:
+            fa, fb, shared = *_frontiers(ca, cb, False, delta), False
+        except FitError:
+            fa, fb, shared = *_frontiers(ca, cb, True, delta), True
+    else:
+        fa, fb, shared = *_frontiers(ca, cb, shared_exponent, delta), shared_exponent
+    ia, ib = (0, 1) if shared else (0, 0)
+    ratio = fb.compute_for_loss(stars, ib) / fa.compute_for_loss(stars, ia)
+    widen = 10.0**max_extrapolation
+    reasons = []
+    for s in stars:
+        why = []
+        for name, f, i, c in (("a", fa, ia, ca), ("b", fb, ib, cb)):
+            need = float(f.compute_for_loss(s, i))
+            c_lo, c_hi = c["flops"].min() / widen, c["flops"].max() * widen
+            if not np.isfinite(need):
+                why.append(f"L* = {s:.4g} is at or below the floor of {name} (E = {f.E[i]:.4g})")
+            elif not c_lo <= need <= c_hi:
+                why.append(f"{name} needs C = {need:.3g}, outside its data range widened to "
+                           f"[{c_lo:.3g}, {c_hi:.3g}]")
+        reasons.append("; ".join(why))
+    valid = np.array([not r for r in reasons])
+    ratio = np.where(valid, ratio, np.nan)
+    lo, hi = np.full(len(stars), np.nan), np.full(len(stars), np.nan)
+    n_ok = 0
+    if n_boot > 0:
+        both = pd.concat([ca.assign(_arm=0), cb.assign(_arm=1)], ignore_index=True)
+        codes = pd.factorize(both["_arm"].astype(str) + "\x1f" + both["run"].astype(str))[0]
+        W = bootstrap_weights(codes, n_boot, seed, strata=both["_arm"].to_numpy())
+        na = len(ca)
+        if shared:
+            reps = refit_power_curves(fa, both["flops"], both["loss"], both["_arm"], W, delta)
+            pairs = [(r, r) for r in reps]
+        else:
+            ra = refit_power_curves(fa, ca["flops"], ca["loss"], None, W[:, :na], delta)
+            rb = refit_power_curves(fb, cb["flops"], cb["loss"], None, W[:, na:], delta)
+            pairs = list(zip(ra, rb, strict=True))
+        rs = np.array([b.compute_for_loss(stars, ib) / a.compute_for_loss(stars, ia)
+                       for a, b in pairs])
+        lo, hi = np.full(len(stars), np.nan), np.full(len(stars), np.nan)
+        if valid.any():
+            n_ok = int(np.sum(np.all(np.isfinite(rs[:, valid]), axis=1)))
+            lo[valid], hi[valid] = np.nanpercentile(rs[:, valid], [2.5, 97.5], axis=0)
+    return MultiplierCurve(tuple(stars.tolist()), tuple(ratio.tolist()), tuple(lo.tolist()),
+                           tuple(hi.tolist()), tuple(reasons), fa, fb, shared, n_ok)
