@@ -78,7 +78,7 @@ def trainable(config: dict[str, Any]) -> None:
     from harness.train import run_trial
 
     logging.basicConfig(level=logging.WARNING)
-    trial = TrialConfig.model_validate(config["trial"])
+    trial = TrialConfig.model_validate(config["point"]["trial"])
     torch.set_num_threads(max(1, int(config["cpus"])))
     ckpt = Path(config["storage"]) / "checkpoints" / trial.hash
     run_trial(trial, TuneTracker(), ckpt)
