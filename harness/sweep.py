@@ -11,7 +11,7 @@ import copy
 import itertools
 import re
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -99,6 +99,23 @@ class Resources(Frozen):
     gpu: float = Field(0.0, ge=0, description="GPUs per trial (fractions allowed)")
 
 
+class AnalysisSpec(Frozen):
+    """How ``make plots`` reads this sweep: which column is the arm, against which baseline."""
+
+    kind: Literal["curves", "sparsity", "multiplier", "logits"] = Field(
+        "curves",
+        description="curves: loss vs FLOPs per arm; sparsity: K2 sparsity law; multiplier: "
+        "compute multiplier of each arm over the baseline; logits: max-logit study",
+    )
+    arm: str = Field("arm", description="runs-table column that names an arm (dotted key, "
+                     "'arm' = optimizer arm, 'sparsity')")
+    baseline: str | float | int | None = Field(None, description="arm value others compare to")
+    size: str | None = Field(None, description="column that distinguishes model sizes")
+    best_of: str | None = Field(
+        None, description="axis tuned per (arm, size): keep the best final loss over it"
+    )
+
+
 _AXIS = re.compile(r"^(model|optim|data|train)(\.[a-z_][a-z0-9_]*)+$")
 
 
@@ -115,6 +132,7 @@ class SweepConfig(Frozen):
     max_concurrent: int | None = Field(None, gt=0, description="trials running at once")
     max_failures: int = Field(3, ge=0, description="restarts of a crashed trial")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    analysis: AnalysisSpec = AnalysisSpec()
     profile: str | None = Field(None, description="the profile applied (set by load_sweep)")
 
     @field_validator("name")
@@ -201,7 +219,7 @@ def load_sweep(path: str | Path, profile: str | None = None) -> SweepConfig:
         if not isinstance(over, dict):
             raise ConfigError(f"profiles.{profile}: must be a mapping")
         bad = set(over) - {"base", "grid", "zip", "seeds", "resources", "max_concurrent",
-                           "max_failures", "description"}
+                           "max_failures", "description", "analysis"}
         if bad:
             raise ConfigError(f"profiles.{profile}.{sorted(bad)[0]}: unknown key")
         raw = deep_merge(raw, over)

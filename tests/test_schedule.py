@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import pytest
 
 from harness.config import TrainConfig
@@ -17,13 +19,13 @@ def test_wsd_warms_up_holds_then_decays_to_floor() -> None:
     lr = curve(schedule="wsd", warmup_frac=0.1, decay_frac=0.2, min_lr_frac=0.1)
     assert lr[0] == pytest.approx(0.1) and lr[9] == pytest.approx(1.0)
     assert all(v == 1.0 for v in lr[10:80])
-    assert all(a > b for a, b in zip(lr[80:], lr[81:], strict=False))
+    assert all(a > b for a, b in pairwise(lr[80:]))
     assert lr[-1] == pytest.approx(0.1)
 
 
 def test_cosine_is_monotone_after_warmup_and_ends_at_floor() -> None:
     lr = curve(schedule="cosine", warmup_frac=0.05, min_lr_frac=0.0)
-    assert all(a >= b for a, b in zip(lr[5:], lr[6:], strict=False))
+    assert all(a >= b for a, b in pairwise(lr[5:]))
     assert lr[50] == pytest.approx(0.5, abs=0.05)
     assert lr[-1] < 0.01
 
