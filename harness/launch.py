@@ -143,6 +143,10 @@ class MLflowCallback:
             live.status = body["status"]
         self.progress()
 
+    def status_of(self, trial_hash: str) -> str:
+        live = self.live.get(trial_hash)
+        return live.status if live is not None else "pending"
+
     def on_error(self, trial_hash: str) -> None:
         live = self.tracker_for(trial_hash)
         live.tracker.finish("failed")
@@ -201,8 +205,8 @@ def finished_hashes(sweep_name: str, uri: str | None = None) -> set[str]:
     exp = client.get_experiment_by_name(sweep_name)
     if exp is None:
         return set()
-    runs = find_runs(client, exp.experiment_id, "tags.status IN ('finished', 'diverged')")
-    return {r.data.tags["trial_hash"] for r in runs if "trial_hash" in r.data.tags}
+    runs = find_runs(client, exp.experiment_id, "tags.trial_hash != ''")
+    return {r.data.tags["trial_hash"] for r in runs if r.data.tags.get("status") in DONE}
 
 
 @dataclass(frozen=True)
@@ -231,15 +235,26 @@ def _tune_callback(cb: MLflowCallback) -> Any:
     return _Callback()
 
 
+def ray_env(address: str | None) -> str | None:
+    """Resolve the cluster address and set Ray's environment; call before importing ray."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if address and "RAY_AUTH_MODE" not in os.environ and token.exists():
+        # `ray start --head` enables token auth and writes this token; a driver joining with an
+        # explicit address must opt in to send it.
+        os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    return address
+
+
 def init_ray(address: str | None) -> None:
     """Embedded local Ray unless an address (or ``RAY_ADDRESS``) names a running cluster."""
     import ray
 
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    logging.getLogger("ray.tune.analysis").setLevel(logging.ERROR)
     ray.init(
         address=address,
         include_dashboard=False,
@@ -258,6 +273,7 @@ def submit(
     storage: Path | None = None,
 ) -> SubmitSummary:
     """Run every unfinished trial of ``sweep`` on Ray Tune; finished ones are skipped by hash."""
+    address = ray_env(address)
     from ray import tune
 
     t0 = time.monotonic()
@@ -297,11 +313,12 @@ def submit(
             verbose=0,
         ),
     )
-    interrupted = False
     try:
         tuner.fit()
     except KeyboardInterrupt:
-        interrupted = True
+        log.warning("interrupted")
+    unfinished = [t.hash for t in todo if cb.status_of(t.hash) not in (*DONE, "failed")]
+    interrupted = bool(unfinished)
     cb.close(interrupted=interrupted)
     return _summary(cb, trials, len(trials) - len(todo), interrupted, t0)
 

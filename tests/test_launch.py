@@ -1,0 +1,230 @@
+"""Sweeps on real local Ray, tracked in a real SQLite MLflow store, driven through the CLI.
+
+Each test runs ``harness`` in a subprocess inside a temporary project folder, as a user would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.config import load_sweep
+from harness.tracking import MemoryTracker, find_runs, mlflow_client
+from harness.train import run_trial
+
+HARNESS = str(Path(sys.executable).parent / "harness")
+
+MODEL = {
+    "d_model": 32, "n_layers": 2, "first_k_dense": 1, "dense_ffn_dim": 64,
+    "attention": {"n_heads": 2, "kv_lora_rank": 16, "qk_nope_head_dim": 8,
+                  "qk_rope_head_dim": 4, "v_head_dim": 8},
+    "moe": {"n_routed_experts": 4, "top_k": 2, "expert_ffn_dim": 16},
+}
+DATA = {"corpus": "synthetic", "synthetic_vocab": 32, "synthetic_tokens": 100_000,
+        "val_tokens": 2048}
+
+
+def sweep_yaml(folder: Path, name: str, grid: dict, steps: int = 16, **extra: object) -> Path:
+    spec = {
+        "name": name,
+        "base": {
+            "model": MODEL,
+            "optim": {"name": "adamw", "lr": 3e-3},
+            "data": DATA,
+            "train": {"tokens": steps * 512, "batch_tokens": 512, "seq_len": 64, "log_every": 2,
+                      "eval_every": 4096, "checkpoint_every": 2048, "threads": 1,
+                      "diverge_loss": 6.0, "grad_clip": None},
+        },
+        "grid": grid,
+        "resources": {"cpu": 1},
+        "max_concurrent": 2,
+        **extra,
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("HARNESS_STORAGE", str(tmp_path / ".harness"))
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return tmp_path
+
+
+def harness(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+    out = subprocess.run([HARNESS, *args], capture_output=True, text=True, timeout=timeout)
+    if check and out.returncode != 0:
+        raise AssertionError(f"harness {' '.join(args)} -> {out.returncode}\n{out.stderr[-3000:]}")
+    return out
+
+
+def child_runs(name: str) -> list:
+    client = mlflow_client()
+    exp = client.get_experiment_by_name(name)
+    runs = find_runs(client, exp.experiment_id, "")
+    return [r for r in runs if r.data.tags.get("kind") != "sweep"]
+
+
+def steps_of(run_id: str, key: str = "train/loss") -> list[int]:
+    return [m.step for m in mlflow_client().get_metric_history(run_id, key)]
+
+
+def test_sweep_dedup_divergence_and_new_grid_values(project: Path) -> None:
+    path = sweep_yaml(project, "s4", {"model.moe.n_routed_experts": [4, 8],
+                                      "optim.lr": [3e-3, 50.0]})
+    out = harness("submit", str(path))
+    assert "2 finished · 2 diverged · 0 failed" in out.stdout, out.stdout
+    runs = child_runs("s4")
+    assert len(runs) == 4
+    parents = {r.data.tags["mlflow.parentRunId"] for r in runs}
+    assert len(parents) == 1
+    by_status = sorted(r.data.tags["status"] for r in runs)
+    assert by_status == ["diverged", "diverged", "finished", "finished"]
+    for r in runs:
+        if r.data.tags["status"] == "finished":
+            assert steps_of(r.info.run_id) == list(range(2, 17, 2))
+            assert "val/loss" in r.data.metrics and r.data.params["model.d_model"] == "32"
+
+    again = harness("submit", str(path))
+    assert "4 already done" in again.stdout and "0 finished" in again.stdout
+    assert len(child_runs("s4")) == 4
+
+    bigger = sweep_yaml(project, "s4", {"model.moe.n_routed_experts": [4, 8, 16],
+                                        "optim.lr": [3e-3, 50.0]})
+    more = harness("submit", str(bigger))
+    assert "4 already done · 1 finished · 1 diverged" in more.stdout, more.stdout
+    assert len(child_runs("s4")) == 6
+    status = harness("status", "s4").stdout
+    assert status.count("finished") == 3 and status.count("diverged") == 3
+
+
+def _trial_workers() -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if cmd.startswith("ray::") and ("ImplicitFunc" in cmd or "trainable" in cmd):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_sigkilled_worker_resumes_into_the_same_run(project: Path) -> None:
+    path = sweep_yaml(project, "kill", {"model.moe.n_routed_experts": [4]}, steps=160)
+    proc = subprocess.Popen([HARNESS, "submit", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    ckpt_root = project / ".harness" / "checkpoints"
+    killed = False
+    deadline = time.monotonic() + 240
+    while not killed and time.monotonic() < deadline and proc.poll() is None:
+        if list(ckpt_root.glob("*/ckpt.pt")) and _trial_workers():
+            for pid in _trial_workers():
+                os.kill(pid, signal.SIGKILL)
+            killed = True
+        time.sleep(0.2)
+    out, _ = proc.communicate(timeout=300)
+    assert killed, f"no trial worker to kill\n{out[-2000:]}"
+    assert proc.returncode == 0, out[-3000:]
+    runs = child_runs("kill")
+    assert len(runs) == 1 and runs[0].data.tags["status"] == "finished"
+    assert steps_of(runs[0].info.run_id) == list(range(2, 161, 2))
+
+    trial = load_sweep(path).expand()[0]
+    clean = MemoryTracker()
+    run_trial(trial, clean, None, cache_dir=project / "cache")
+    assert runs[0].data.metrics["val/loss"] == pytest.approx(clean.history("val/loss")[-1][1],
+                                                             rel=1e-6)
+
+
+def test_interrupted_driver_then_resume_finishes_without_rerunning(project: Path) -> None:
+    path = sweep_yaml(project, "intr", {"model.moe.n_routed_experts": [4, 8, 16],
+                                        "optim.name": ["adamw", "muon"]}, steps=60)
+    proc = subprocess.Popen([HARNESS, "submit", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    results = project / ".harness" / "checkpoints"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(results.glob("*/result.json"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    done_before = {p.parent.name for p in results.glob("*/result.json")}
+    assert 2 <= len(done_before) < 6, out[-2000:]
+
+    resumed = harness("resume", "intr")
+    assert "6 trials" in resumed.stdout and "0 failed" in resumed.stdout, resumed.stdout
+    runs = child_runs("intr")
+    assert len(runs) == 6 and {r.data.tags["status"] for r in runs} == {"finished"}
+    for r in runs:
+        steps = steps_of(r.info.run_id)
+        assert steps == sorted(set(steps)) and steps[-1] == 60
+
+
+def test_cluster_address_and_ui(project: Path) -> None:
+    ray = str(Path(sys.executable).parent / "ray")
+    temp = Path("/tmp") / f"rayc{os.getpid()}"  # short: Ray's socket paths have a length limit
+    port = _free_port()
+    start = subprocess.run(
+        [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+         "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert start.returncode == 0, start.stderr[-2000:]
+    try:
+        address = f"127.0.0.1:{port}"
+        path = sweep_yaml(project, "clus", {"model.moe.n_routed_experts": [4, 8]})
+        out = harness("submit", str(path), "--address", address)
+        assert "2 finished" in out.stdout, out.stdout
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+    _check_ui_lists_runs("clus", 2)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _check_ui_lists_runs(name: str, n_runs: int) -> None:
+    port = _free_port()
+    ui = subprocess.Popen([HARNESS, "ui", "--port", str(port)], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}/api/2.0/mlflow"
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/experiments/get-by-name?experiment_name="
+                                            f"{name}", timeout=5) as r:
+                    exp_id = json.load(r)["experiment"]["experiment_id"]
+                break
+            except OSError:
+                if time.monotonic() > deadline or ui.poll() is not None:
+                    raise
+                time.sleep(1)
+        body = json.dumps({"experiment_ids": [exp_id], "max_results": 100}).encode()
+        req = urllib.request.Request(f"{base}/runs/search", data=body,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            runs = json.load(r)["runs"]
+        assert len(runs) == n_runs + 1  # children + the sweep's parent run
+    finally:
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
