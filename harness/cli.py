@@ -198,6 +198,24 @@ def ui(host: str, port: int) -> None:
     os.execv(sys.executable, args)
 
 
+@cli.command()
+@click.option("--experiment", "experiments", multiple=True, help="Sweep name (repeatable).")
+@click.option("--refresh", is_flag=True, help="Reread MLflow instead of the parquet cache.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+def plots(experiments: tuple[str, ...], refresh: bool, out: Path) -> None:
+    """Fit the laws and regenerate every figure, CSV table and results/report.md.
+
+    \b
+    Example:
+      harness plots --experiment sparsity --refresh
+    """
+    from analysis.report import make_all
+
+    written = make_all(list(experiments) or None, refresh=refresh, out_dir=out)
+    click.echo(f"wrote {len(written)} files under {out}/ (report: {out / 'report.md'})")
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: ConfigError -> one line on stderr, exit status 2."""
     try:
