@@ -20,6 +20,7 @@ log = logging.getLogger("harness")
 
 
 def _setup_logging(verbose: bool) -> None:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(message)s",
@@ -216,12 +217,25 @@ def plots(experiments: tuple[str, ...], refresh: bool, out: Path) -> None:
     click.echo(f"wrote {len(written)} files under {out}/ (report: {out / 'report.md'})")
 
 
+@cli.command()
+def schema() -> None:
+    """Print the YAML reference (every key, type, default, unit) as Markdown, from the models.
+
+    \b
+    Example:
+      harness schema > docs/yaml-reference.md     # what `make docs` does
+    """
+    from harness.schema import yaml_reference
+
+    click.echo(yaml_reference(), nl=False)
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: ConfigError -> one line on stderr, exit status 2."""
     try:
         return cli.main(args=argv, standalone_mode=False)
-    except ConfigError as e:
-        click.echo(f"harness: error: {e}", err=True)
+    except (ConfigError, LookupError) as e:
+        click.echo(f"harness: error: {str(e).strip(chr(39))}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:
         sys.exit(130)

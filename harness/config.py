@@ -397,19 +397,25 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-from harness.sweep import ConfigError, SweepConfig, load_sweep, load_trial  # noqa: E402
+_SWEEP_NAMES = ("ConfigError", "SweepConfig", "load_sweep", "load_trial")
+
+
+def __getattr__(name: str) -> Any:
+    """Sweep names live in harness.sweep (which imports this module); re-exported lazily."""
+    if name in _SWEEP_NAMES:
+        from harness import sweep
+
+        return getattr(sweep, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AttentionConfig",
-    "ConfigError",
     "DataConfig",
     "MoEConfig",
     "ModelConfig",
     "OptimConfig",
-    "SweepConfig",
     "TrainConfig",
     "TrialConfig",
     "flatten",
-    "load_sweep",
-    "load_trial",
 ]

@@ -1,0 +1,267 @@
+"""Which runs and which (FLOPs, loss) points a sweep's analysis uses (``analysis.studies``).
+
+Runs (:func:`annotate`): each run gets its arm (the value in the sweep's ``analysis.arm``
+column) and a readable label, its *condition* (the other settings the sweep varies, seeds and
+the ``best_of`` axis excepted: budget, size, ...), and whether it is usable (finished, with a
+final val loss). An axis counts as part of the arm when every arm has one value of it (the
+optimizer name of the ``arm`` column, the expert count of a ``sparsity`` sweep); comparisons
+between arms are made at equal condition.
+
+``best_of`` (:func:`select_best`): per (arm, condition) keep the runs of the ``best_of`` value
+(e.g. optim.lr) with the lowest mean final val loss over seeds, so every arm is compared at its
+own tuned setting (Wen et al. 2025, "Fantastic pretraining optimizers and where to find them").
+
+Fit points (:func:`fit_points`): one final point per run (training FLOPs, final val loss) when
+every arm has >= 3 budgets (distinct token budgets x model sizes): only the end of a WSD or
+cosine run is annealed, so intermediate points are not compute-optimal (Hoffmann et al. 2022 fit
+one run per budget; Hagele et al. 2024).
+Otherwise the val-loss points along each run after warmup, grouped by run so that bootstraps
+resample whole runs; the note says that these stable-phase points are not cooled down.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import ValidationError
+
+from harness.config import TrainConfig
+from harness.schedule import warmup_steps
+from harness.sweep import AnalysisSpec
+
+MIN_BUDGETS = 3
+"""Distinct budgets every arm needs before fits use one final point per run."""
+SEED_AXIS = "train.seed"
+BUDGET_AXIS = "train.tokens"
+CONFIG_ROOTS = ("model", "optim", "data", "train")
+
+
+def fmt_value(value: Any) -> str:
+    """Compact text for a setting: ``8``, ``131k``, ``2M``, ``0.003``, ``muon``."""
+    if isinstance(value, bool | np.bool_):
+        return str(bool(value)).lower()
+    if isinstance(value, int | float | np.integer | np.floating):
+        v = float(value)
+        if not math.isfinite(v):
+            return "none"
+        if v.is_integer() and abs(v) >= 10_000:
+            return f"{v / 1e6:g}M" if abs(v) >= 1e6 else f"{v / 1e3:g}k"
+        return f"{v:.4g}"
+    return "none" if value is None else str(value)
+
+
+def arm_label(column: str, value: Any) -> str:
+    """How an arm reads in text and legends: ``muon``, ``sparsity 8``, ``n_heads=8``."""
+    text = fmt_value(value)
+    if column == "arm":
+        return text
+    if column == "sparsity":
+        return f"sparsity {text}"
+    return f"{column.rsplit('.', 1)[-1]}={text}"
+
+
+def sort_key(value: Any) -> tuple[int, float, str]:
+    """Numbers first in numeric order, then text in alphabetical order."""
+    try:
+        return (0, float(value), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(value))
+
+
+def same_value(a: Any, b: Any) -> bool:
+    """``8``, ``8.0`` and ``"8"`` are the same arm value."""
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return str(a) == str(b)
+
+
+@dataclass(frozen=True)
+class Runs:
+    """A sweep's runs with analysis columns added (module docstring).
+
+    ``frame`` adds: ``arm_value``, ``arm_label``, ``condition``, ``seed``, ``budget`` (token
+    budget and model size, or FLOPs when neither is logged), ``usable``, ``selected`` (after
+    :func:`select_best`). ``arm_axes``: settings that are part of the arm;
+    ``condition_axes``: the other varied settings; ``notes``: sentences for the report.
+    """
+
+    frame: pd.DataFrame
+    arm_column: str
+    arm_axes: tuple[str, ...]
+    condition_axes: tuple[str, ...]
+    notes: tuple[str, ...]
+
+    def arms(self, selected: bool = True) -> list[str]:
+        """Arm labels in sorted arm-value order."""
+        f = self.frame[self.frame["selected"]] if selected else self.frame
+        pairs = {label: value for label, value in zip(f["arm_label"], f["arm_value"], strict=True)}
+        return sorted(pairs, key=lambda label: sort_key(pairs[label]))
+
+    def value_of(self, label: str) -> Any:
+        """The arm value behind a label."""
+        return self.frame.loc[self.frame["arm_label"] == label, "arm_value"].iloc[0]
+
+
+def _varied(runs: pd.DataFrame, axes: Sequence[str] | None) -> list[str]:
+    """The sweep's axes present in the table, else every config column with > 1 value."""
+    if axes is not None:
+        return [a for a in axes if a in runs.columns]
+    return [c for c in runs.columns
+            if c.split(".")[0] in CONFIG_ROOTS and "." in c and c != "data.fingerprint"
+            and runs[c].astype(str).nunique() > 1]
+
+
+def annotate(runs: pd.DataFrame, spec: AnalysisSpec, axes: Sequence[str] | None) -> Runs:
+    """Add arm, condition, seed and usability to a runs table (module docstring)."""
+    notes: list[str] = []
+    column = spec.arm
+    if column not in runs.columns:
+        notes.append(f"The arm column `{column}` is not in the runs table; the optimizer arm "
+                     "(`arm`) is used instead.")
+        column = "arm"
+    frame = runs.copy()
+    frame["arm_value"] = frame[column] if column in frame.columns else "all"
+    frame["arm_value"] = frame["arm_value"].where(frame["arm_value"].notna(), "none")
+    frame["arm_label"] = [arm_label(column, v) for v in frame["arm_value"]]
+    varied = [a for a in _varied(frame, axes) if a not in (SEED_AXIS, spec.best_of)]
+    if spec.size is not None and spec.size in frame.columns and spec.size not in varied:
+        varied.append(spec.size)
+    per_arm = frame.groupby("arm_label")
+    several = per_arm.ngroups > 1
+    arm_axes = tuple(a for a in varied if a == column or (
+        several and per_arm[a].agg(lambda s: s.astype(str).nunique()).max() <= 1))
+    cond_axes = tuple(a for a in varied if a not in arm_axes)
+    frame["condition"] = [
+        ", ".join(f"{a.rsplit('.', 1)[-1]}={fmt_value(row[a])}" for a in cond_axes) or "all"
+        for _, row in frame.iterrows()
+    ]
+    frame["seed"] = frame[SEED_AXIS] if SEED_AXIS in frame.columns else 0
+    budget = [c for c in (BUDGET_AXIS, spec.size) if c is not None and c in frame.columns]
+    frame["budget"] = frame[budget or ["flops"]].astype(str).agg("|".join, axis=1)
+    loss = pd.to_numeric(frame.get("final_val_loss"), errors="coerce")
+    frame["usable"] = (frame["status"] == "finished") & np.isfinite(loss.to_numpy(float))
+    frame["selected"] = frame["usable"]
+    return Runs(frame, column, arm_axes, cond_axes, tuple(notes))
+
+
+def select_best(runs: Runs, best_of: str | None) -> Runs:
+    """Keep, per (arm, condition), the runs of the ``best_of`` value with the lowest mean final
+    val loss over seeds; ``selected`` marks them. Notes name the chosen values and flag a
+    choice at the edge of the values tried (the optimum may lie outside the grid)."""
+    if best_of is None:
+        return runs
+    frame = runs.frame.copy()
+    if best_of not in frame.columns:
+        note = f"`best_of` axis `{best_of}` is not in the runs table; every run is kept."
+        return Runs(frame, runs.arm_column, runs.arm_axes, runs.condition_axes,
+                    (*runs.notes, note))
+    usable = frame[frame["usable"]]
+    tried = sorted(usable[best_of].dropna().unique(), key=sort_key)
+    keep = pd.Series(False, index=frame.index)
+    chosen: dict[str, list[str]] = {}
+    edge = 0
+    for (label, cond), group in usable.groupby(["arm_label", "condition"], sort=False):
+        means = group.groupby(best_of)["final_val_loss"].mean()
+        best = means.idxmin()
+        keep |= (frame["arm_label"] == label) & (frame["condition"] == cond) & frame["usable"] & (
+            frame[best_of].map(lambda v, b=best: same_value(v, b)))
+        chosen.setdefault(str(label), []).append(fmt_value(best))
+        edge += int(len(means) > 2 and best in (tried[0], tried[-1]))
+    frame["selected"] = keep
+    picks = "; ".join(f"{arm}: {', '.join(sorted(set(v), key=sort_key))}"
+                      for arm, v in chosen.items())
+    notes = [f"Best `{best_of}` per arm and condition (lowest final val loss, {len(tried)} values "
+             f"tried): {picks or 'none'}."]
+    if edge:
+        notes.append(f"At {edge} (arm, condition) cells the best `{best_of}` is the smallest or "
+                     "largest value tried: the optimum may lie outside the grid.")
+    return Runs(frame, runs.arm_column, runs.arm_axes, runs.condition_axes,
+                (*runs.notes, *notes))
+
+
+def warmup_of(row: pd.Series) -> int:
+    """Warmup steps of a run from its logged ``train.*`` params (0 if they do not validate)."""
+    raw: dict[str, Any] = {}
+    for key, value in row.items():
+        if not str(key).startswith("train."):
+            continue
+        v = value.item() if isinstance(value, np.generic) else value
+        if isinstance(v, float) and (math.isnan(v) or v.is_integer()):
+            v = None if math.isnan(v) else int(v)
+        raw[str(key).removeprefix("train.")] = v
+    try:
+        return warmup_steps(TrainConfig.model_validate(raw))
+    except (ValidationError, TypeError, ValueError):
+        return 0
+
+
+@dataclass(frozen=True)
+class FitPoints:
+    """Points for the fits (module docstring).
+
+    ``frame``: columns ``run``, ``arm`` (value), ``label``, ``condition``, ``flops``, ``loss``.
+    ``display``: every val-loss point of the selected runs (columns ``run``, ``arm`` (label),
+    ``flops``, ``loss``, ``used``) for the figures. ``note``: the sentence for the report.
+    """
+
+    frame: pd.DataFrame
+    display: pd.DataFrame
+    source: Literal["final", "curve"]
+    note: str
+
+
+def _val_points(selected: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Every (flops, val loss) point of the selected runs, with its step and warmup."""
+    if curves.empty or not {"val/loss", "flops", "step"} <= set(curves.columns):
+        return pd.DataFrame(columns=["run", "arm", "label", "condition", "step", "flops", "loss",
+                                     "warmup"])
+    runs = selected[["run_id", "arm_value", "arm_label", "condition"]].copy()
+    runs["warmup"] = [warmup_of(row) for _, row in selected.iterrows()]
+    pts = curves[["run_id", "step", "flops", "val/loss"]].dropna()
+    pts = pts[(pts["flops"] > 0) & (pts["val/loss"] > 0)].merge(runs, on="run_id")
+    return pts.rename(columns={"run_id": "run", "arm_value": "arm", "arm_label": "label",
+                               "val/loss": "loss"})
+
+
+def fit_points(runs: Runs, curves: pd.DataFrame) -> FitPoints:
+    """Final points when every arm has >= MIN_BUDGETS budgets, else curve points after warmup."""
+    sel = runs.frame[runs.frame["selected"]]
+    budgets = sel.groupby("arm_label")["budget"].nunique()
+    val = _val_points(sel, curves)
+    cols = ["run", "arm", "label", "condition", "flops", "loss"]
+    if len(budgets) and budgets.min() >= MIN_BUDGETS:
+        frame = sel[["run_id", "arm_value", "arm_label", "condition", "flops", "final_val_loss"]]
+        frame = frame.set_axis(cols, axis=1)
+        frame = frame[frame["flops"] > 0].reset_index(drop=True)
+        note = (f"Fits use one final point per run (training FLOPs, final val loss): every arm "
+                f"has at least {MIN_BUDGETS} budgets ({int(budgets.min())}-"
+                f"{int(budgets.max())}), {len(frame)} runs in all.")
+        display = pd.concat([val.assign(used=False), frame.assign(used=True)])
+        return FitPoints(frame, _display(display), "final", note)
+    after = val[val["step"] > val["warmup"]]
+    frame = after[cols].reset_index(drop=True)
+    few = ", ".join(f"{arm} {int(n)}" for arm, n in budgets.items()) or "no finished runs"
+    schedules = sorted(sel["train.schedule"].dropna().astype(str).unique()) if (
+        "train.schedule" in sel.columns) else []
+    why = {"wsd": "stable-phase points of a WSD schedule are not cooled down",
+           "cosine": "mid-run points of a cosine schedule are not annealed",
+           "constant": "constant-LR points are never annealed"}
+    caveat = "; ".join(why[s] for s in schedules if s in why) or "mid-run points are not annealed"
+    note = (f"Fits use the {len(frame)} val-loss points along {frame['run'].nunique()} runs after "
+            f"warmup ({len(val) - len(after)} warmup points dropped), grouped by run for the "
+            f"bootstrap, because some arm has fewer than {MIN_BUDGETS} budgets (budgets per arm: "
+            f"{few}). Caveat: {caveat} (Hagele et al. 2024), so these laws overstate the loss "
+            "a run annealed at that compute would reach.")
+    display = val.assign(used=val.index.isin(after.index))
+    return FitPoints(frame, _display(display), "curve", note)
+
+
+def _display(points: pd.DataFrame) -> pd.DataFrame:
+    out = points[["run", "label", "flops", "loss", "used"]].rename(columns={"label": "arm"})
+    return out.reset_index(drop=True)

@@ -1,0 +1,217 @@
+"""`make plots`: collect every sweep, analyse it as its sweep file asks, write ``results/``.
+
+:func:`make_all` is the entry point of ``harness plots`` and ``make plots``. What it writes under
+``out_dir`` (default ``results/``):
+
+- ``cache/<sweep>.runs.parquet``, ``cache/<sweep>.curves.parquet``: the collected frames
+  (``analysis.collect``), and ``cache/<sweep>.sweep.json``: the resolved ``SweepConfig`` the
+  sweep's parent run stored, so that everything below can be rebuilt offline from the cache.
+- ``<sweep>/<figure>.png`` and ``<sweep>/<table>.csv`` for each sweep (``analysis.studies``;
+  files of an earlier run that this one did not write are removed).
+- ``report.md``: every finding of every cached sweep in a sentence with its interval and the
+  published number (Kimi K2 report, arXiv 2507.20534, and the works it builds on) next to it.
+  The whole report is rebuilt from all caches on every call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from analysis.collect import collect, sweep_names
+from analysis.plots import render
+from analysis.studies import Study, study
+from harness.sweep import AnalysisSpec, SweepConfig
+from harness.tracking import default_tracking_uri, find_runs, mlflow_client
+
+log = logging.getLogger(__name__)
+
+RESULTS = Path("results")
+CACHE = "cache"
+
+
+def _store_exists(uri: str | None) -> bool:
+    """False for a SQLite store whose file is missing (opening it would create an empty one)."""
+    uri = uri or default_tracking_uri()
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
+
+
+def mlflow_sweeps(uri: str | None) -> list[str]:
+    """Sweeps in the MLflow store; [] (with a warning) when it is missing or unreachable."""
+    if not _store_exists(uri):
+        log.warning("no MLflow store at %s: using the cache only", uri or default_tracking_uri())
+        return []
+    try:
+        return sweep_names(uri)
+    except Exception as e:  # the MLflow client raises many types for an unreachable store
+        log.warning("MLflow store unreachable (%s): using the cache only", e)
+        return []
+
+
+def cached_sweeps(cache_dir: Path) -> list[str]:
+    """Sweeps with both parquet frames in ``cache_dir``."""
+    runs = {p.name.removesuffix(".runs.parquet") for p in cache_dir.glob("*.runs.parquet")}
+    curves = {p.name.removesuffix(".curves.parquet") for p in cache_dir.glob("*.curves.parquet")}
+    return sorted(runs & curves)
+
+
+@dataclass(frozen=True)
+class SweepInfo:
+    """What the analysis needs from a sweep file: its spec, varied axes and description."""
+
+    spec: AnalysisSpec
+    axes: list[str] | None
+    description: str
+    note: str
+
+
+def _fetch_sweep_json(name: str, uri: str | None) -> str | None:
+    """The ``sweep.json`` artifact of the sweep's parent run (``harness.launch.parent_run``)."""
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow_client(uri)
+    try:
+        exp = client.get_experiment_by_name(name)
+        parents = find_runs(client, exp.experiment_id, "tags.kind = 'sweep'") if exp else []
+        if not parents:
+            return None
+        with tempfile.TemporaryDirectory() as tmp:
+            path = client.download_artifacts(parents[0].info.run_id, "sweep.json", tmp)
+            return Path(path).read_text()
+    except (MlflowException, OSError) as e:
+        log.warning("could not read sweep.json of %s: %s", name, e)
+        return None
+
+
+def sweep_info(name: str, uri: str | None, cache_dir: Path, fetch: bool) -> SweepInfo:
+    """The sweep's spec from MLflow (when ``fetch``; cached next to the parquet) or the cache;
+    the default spec (curves by optimizer arm) when neither has it."""
+    path = cache_dir / f"{name}.sweep.json"
+    text = _fetch_sweep_json(name, uri) if fetch else None
+    if text is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    elif path.exists():
+        text = path.read_text()
+    if text is None:
+        return SweepInfo(AnalysisSpec(), None, "",
+                         "No sweep.json was found for this sweep: default analysis (curves by "
+                         "optimizer arm).")
+    raw: dict[str, Any] = json.loads(text)
+    try:
+        sweep = SweepConfig.model_validate(raw)
+    except ValidationError as e:
+        spec = AnalysisSpec.model_validate(raw.get("analysis") or {})
+        return SweepInfo(spec, None, str(raw.get("description", "")),
+                         f"The stored sweep.json does not validate ({e.error_count()} errors): "
+                         "only its analysis section is used.")
+    return SweepInfo(sweep.analysis, sweep.axes, sweep.description, "")
+
+
+def write_study(result: Study, folder: Path) -> list[Path]:
+    """Write a study's figures (PNG) and tables (CSV) to ``folder``; remove stale ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [render(job.draw, job.data, folder / f"{job.name}.png") for job in result.figures]
+    for name, table in result.tables.items():
+        path = folder / f"{name}.csv"
+        table.to_csv(path, index=False, float_format="%.6g")
+        written.append(path)
+    for old in [*folder.glob("*.png"), *folder.glob("*.csv")]:
+        if old not in written:
+            old.unlink()
+    return written
+
+
+def md(text: str) -> str:
+    """Escape ``*`` (as in L*) outside code spans, so it cannot open or close emphasis."""
+    pieces = text.split("`")
+    return "`".join(p if i % 2 else p.replace("*", r"\*") for i, p in enumerate(pieces))
+
+
+def section(result: Study, rel: str) -> str:
+    """The report section of one study; ``rel`` is its folder relative to report.md."""
+    lines = [f"## {result.name}", ""]
+    if result.description:
+        lines += [md(result.description.strip()), ""]
+    lines += [md(result.summary), ""]
+    for f in result.findings:
+        lines.append(f"- {md(f.text)}" + (f" *Published: {md(f.reference)}.*" if f.reference
+                                          else ""))
+    lines.append("")
+    for job in result.figures:
+        lines += [f"![{job.name}]({rel}/{job.name}.png)", "", f"*{md(job.caption)}*", ""]
+    if result.tables:
+        links = ", ".join(f"[{n}.csv]({rel}/{n}.csv)" for n in result.tables)
+        lines += [f"Tables: {links}.", ""]
+    return "\n".join(lines)
+
+
+def _failed_section(name: str, reason: str) -> str:
+    return f"## {name}\n\n- Not analysed: {reason}.\n"
+
+
+HEADER = """# Results
+
+Written by `make plots` (`analysis.report.make_all`) from the MLflow runs of {n} sweeps ({names}),
+cached under `{cache}`. Intervals are 95% bootstrap percentile intervals that resample whole runs
+(within each arm); laws are fitted in log space with a Huber loss (Hoffmann et al. 2022) by
+`analysis.laws`. Published numbers (Kimi K2 report, arXiv 2507.20534, and the works it builds on)
+come from runs at 1e20-1e21 FLOPs; ours are many orders of magnitude smaller, so compare
+directions and rough sizes, not digits.
+"""
+
+
+def make_all(experiments: list[str] | None = None, *, refresh: bool = False,
+             uri: str | None = None, out_dir: Path = RESULTS, n_boot: int = 200) -> list[Path]:
+    """Collect, analyse and write every sweep; return the paths written (report.md last).
+
+    ``experiments``: sweeps to collect (from MLflow when ``refresh`` or not cached yet); None =
+    every sweep in the MLflow store at ``uri`` plus every sweep cached under ``out_dir/cache``.
+    Sweeps cached but not named are re-analysed from their cache, so report.md always covers
+    all of them. ``n_boot``: bootstrap replicates per fit. Raises LookupError when a named sweep
+    is neither in MLflow nor in the cache; a failed fit is a sentence in the report instead.
+    """
+    cache_dir = out_dir / CACHE
+    cached = cached_sweeps(cache_dir)
+    if experiments is None:
+        online = mlflow_sweeps(uri)
+        targets = sorted({*online, *cached})
+        fetch = set(online) if refresh else set(online) - set(cached)
+    else:
+        targets = sorted({*experiments, *cached})
+        fetch = set(experiments) if refresh else set(experiments) - set(cached)
+    written: list[Path] = []
+    sections: list[str] = []
+    for name in targets:
+        try:
+            if name in fetch and not _store_exists(uri):
+                raise LookupError(f"no MLflow store at {uri or default_tracking_uri()}")
+            collected = collect(name, uri, refresh=name in fetch, cache_dir=cache_dir)
+        except LookupError as e:
+            if experiments is not None and name in experiments:
+                known = ", ".join(cached) or "none cached"
+                raise LookupError(f"sweep '{name}': {e}; cached: {known}") from None
+            log.warning("skipping %s: %s", name, e)
+            sections.append(_failed_section(name, str(e)))
+            continue
+        info = sweep_info(name, uri, cache_dir, fetch=name in fetch)
+        log.info("analysing %s (%s, %d runs)", name, info.spec.kind, len(collected.runs))
+        result = study(name, collected, info.spec, info.axes, info.description, n_boot=n_boot)
+        if info.note:
+            result = replace(result, summary=f"{result.summary} {info.note}")
+        written += write_study(result, out_dir / name)
+        sections.append(section(result, name))
+    report = out_dir / "report.md"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    header = HEADER.format(n=len(targets), names=", ".join(targets) or "none",
+                           cache=f"{out_dir.name}/{CACHE}")
+    report.write_text("\n".join([header, *sections]).rstrip() + "\n")
+    written.append(report)
+    log.info("wrote %d files under %s", len(written), out_dir)
+    return written

@@ -1,0 +1,140 @@
+"""Training dynamics of a sweep: max attention logits (QK-Clip) and expert-load imbalance.
+
+- Max logit (``attn/max_logit``): S_max = max_{i,j} q_i . k_j / sqrt(d) over layers, heads and
+  the batch of each logging window. MuonClip rescales W_q, W_k of every head with
+  S_max > tau after the step (Kimi K2 report, arXiv 2507.20534, Algorithm 1), so the logged
+  (pre-clip) value can exceed tau by one step's growth before it is pulled back.
+- Imbalance (``moe/imbalance``): max / mean expert load per MoE layer, averaged over layers;
+  1 = perfectly balanced (aux-loss-free bias balancing, DeepSeek-V3 report section 2.1.2).
+
+Each summary covers every run that logged the metric, whatever its status: a diverged run is the
+point of a max-logit study. Nothing here fits a law; the numbers are medians and ranges over runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.plots import Traces
+from analysis.points import Runs, fmt_value, sort_key
+from analysis.references import K2_CLIPPED, K2_LOGITS
+
+
+@dataclass(frozen=True)
+class TraceSummary:
+    """One metric over training: a row per run (``table``), the traces to draw, and sentences
+    (text, published reference or None) for the report."""
+
+    table: pd.DataFrame
+    traces: Traces
+    sentences: tuple[tuple[str, str | None], ...]
+
+
+def _traces(runs: Runs, curves: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Columns run, arm, condition, tokens, value for every run that logged ``metric``."""
+    if curves.empty or metric not in curves.columns or "tokens" not in curves.columns:
+        return pd.DataFrame(columns=["run", "arm", "condition", "tokens", "value"])
+    meta = runs.frame[["run_id", "arm_label", "arm_value", "condition"]]
+    pts = curves[["run_id", "tokens", metric]].dropna().merge(meta, on="run_id")
+    order = sorted(pts["arm_label"].unique(),
+                   key=lambda lb: sort_key(pts.loc[pts["arm_label"] == lb, "arm_value"].iloc[0]))
+    pts = pts.rename(columns={"run_id": "run", "arm_label": "arm", metric: "value"})
+    pts["arm"] = pd.Categorical(pts["arm"], order, ordered=True)
+    pts = pts.sort_values(["arm", "run", "tokens"])
+    pts["arm"] = pts["arm"].astype(str)
+    return pts[["run", "arm", "condition", "tokens", "value"]].reset_index(drop=True)
+
+
+def _by_arm(table: pd.DataFrame, column: str, digits: int = 3) -> str:
+    """``adamw 12.3 (10.1-14.2), muon 45.1`` : median over an arm's runs and its range."""
+    parts = []
+    for arm, g in table.groupby("arm", sort=False):
+        v = g[column].dropna()
+        if v.empty:
+            continue
+        text = f"{arm} {v.median():.{digits}g}"
+        if len(v) > 1:
+            text += f" ({v.min():.{digits}g}-{v.max():.{digits}g})"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def _per_run(runs: Runs, pts: pd.DataFrame) -> pd.DataFrame:
+    rows = []
+    info = runs.frame.set_index("run_id")
+    for run, g in pts.groupby("run", sort=False):
+        peak = g.loc[g["value"].idxmax()]
+        last = g[g["tokens"] >= 0.75 * g["tokens"].max()]
+        rows.append({"run_id": run, "name": info.at[run, "name"], "arm": g["arm"].iloc[0],
+                     "status": info.at[run, "status"], "peak": float(peak["value"]),
+                     "tokens_at_peak": float(peak["tokens"]), "final": float(g["value"].iloc[-1]),
+                     "last_quarter_mean": float(last["value"].mean())})
+    return pd.DataFrame(rows)
+
+
+def max_logit_summary(runs: Runs, curves: pd.DataFrame) -> TraceSummary | None:
+    """Peak and final max attention logit per run and arm, clip events under QK-Clip."""
+    pts = _traces(runs, curves, "attn/max_logit")
+    if pts.empty:
+        return None
+    table = _per_run(runs, pts)
+    info = runs.frame.set_index("run_id")
+    tau_col = "optim.qk_clip_tau"
+    table["tau"] = [pd.to_numeric(info.at[r, tau_col], errors="coerce") if tau_col in info.columns
+                    else np.nan for r in table["run_id"]]
+    layer_cols = sorted((c for c in curves.columns if c.startswith("attn/max_logit/L")),
+                        key=lambda c: int(c.rsplit("L", 1)[-1]))
+    if layer_cols:
+        peaks = curves.groupby("run_id")[layer_cols].max()
+        for c in layer_cols:
+            table[f"peak_{c.rsplit('/', 1)[-1]}"] = table["run_id"].map(peaks[c])
+    if "attn/heads_clipped" in curves.columns:
+        clips = curves.groupby("run_id")["attn/heads_clipped"].sum()
+        table["clip_events"] = table["run_id"].map(clips).fillna(0.0)
+    sentences: list[tuple[str, str | None]] = [(
+        "Peak max attention logit over training by arm (median over runs, range): "
+        f"{_by_arm(table, 'peak')}; at the end of training: {_by_arm(table, 'final')}.",
+        K2_LOGITS)]
+    for arm, g in table.groupby("arm", sort=False):
+        taus = g["tau"].dropna().unique()
+        if len(taus) == 0:
+            continue
+        tau = float(taus.max())
+        clips_text = (f"{int(g['clip_events'].sum())} head-clip events over {len(g)} runs; "
+                      if "clip_events" in g.columns else "")
+        peak, final = g["peak"].max() / tau, g["final"].median() / tau
+        sentences.append((
+            f"{arm} (QK-Clip tau = {fmt_value(tau)}): {clips_text}the logged pre-clip maximum "
+            f"peaked at {peak:.2f} tau and ended at {final:.2f} tau (median).", K2_CLIPPED))
+    diverged = table[table["status"] == "diverged"]
+    if len(diverged):
+        sentences.append((
+            f"{len(diverged)} runs diverged: " + ", ".join(
+                f"{r.name} (peak logit {r.peak:.3g})" for r in diverged.itertuples()) + ".", None))
+    lines = tuple((float(t), f"QK-Clip tau = {fmt_value(t)}")
+                  for t in sorted(table["tau"].dropna().unique()))
+    return TraceSummary(table, Traces(pts, lines, "", "arm"), tuple(sentences))
+
+
+def imbalance_summary(runs: Runs, curves: pd.DataFrame) -> TraceSummary | None:
+    """Expert-load imbalance per run and arm: end of training, last quarter, peak."""
+    pts = _traces(runs, curves, "moe/imbalance")
+    if pts.empty:
+        return None
+    table = _per_run(runs, pts)
+    if "moe/dead_experts" in curves.columns:
+        last = curves.dropna(subset=["moe/dead_experts"]).groupby("run_id")["moe/dead_experts"]
+        table["final_dead_experts"] = table["run_id"].map(last.last())
+    sentences: list[tuple[str, str | None]] = [(
+        "Expert-load imbalance (max / mean load; 1 = balanced) by arm (median over runs, range): "
+        f"mean over the last quarter of training {_by_arm(table, 'last_quarter_mean')}; "
+        f"peak {_by_arm(table, 'peak')}.", None)]
+    if "final_dead_experts" in table.columns and (table["final_dead_experts"] > 0).any():
+        dead = table[table["final_dead_experts"] > 0]
+        sentences.append((f"{len(dead)} runs ended with experts that received no tokens: " +
+                          ", ".join(f"{r.name} ({int(r.final_dead_experts)})"
+                                    for r in dead.itertuples()) + ".", None))
+    return TraceSummary(table, Traces(pts, (), "", "arm"), tuple(sentences))
