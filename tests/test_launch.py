@@ -180,20 +180,37 @@ def test_cluster_address_and_ui(project: Path) -> None:
     ray = str(Path(sys.executable).parent / "ray")
     temp = Path("/tmp") / f"rayc{os.getpid()}"  # short: Ray's socket paths have a length limit
     port = _free_port()
-    start = subprocess.run(
-        [ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
-         "--include-dashboard=false", f"--temp-dir={temp}", "--disable-usage-stats"],
-        capture_output=True, text=True, timeout=120,
+    # --block keeps the head in the foreground so the test stops its own cluster only (a
+    # `ray stop` would stop every Ray on the machine).
+    head = subprocess.Popen(
+        [ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp}",
+         "--disable-usage-stats"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
-    assert start.returncode == 0, start.stderr[-2000:]
     try:
-        address = f"127.0.0.1:{port}"
+        _wait_for_port(port, head)
         path = sweep_yaml(project, "clus", {"model.moe.n_routed_experts": [4, 8]})
-        out = harness("submit", str(path), "--address", address)
+        out = harness("submit", str(path), "--address", f"127.0.0.1:{port}")
         assert "2 finished" in out.stdout, out.stdout
     finally:
-        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
     _check_ui_lists_runs("clus", 2)
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise AssertionError(f"ray head did not start on port {port}")
+        time.sleep(0.5)
 
 
 def _free_port() -> int:
