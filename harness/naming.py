@@ -11,6 +11,8 @@ _SHORT = {
     "model.moe.n_routed_experts": "E",
     "model.moe.top_k": "k",
     "model.moe.n_shared": "sh",
+    "model.moe.expert_ffn_dim": "F",
+    "model.dense_ffn_dim": "Fd",
     "model.moe.n_groups": "G",
     "model.moe.topk_groups": "g",
     "model.attention.n_heads": "h",

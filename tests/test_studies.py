@@ -1,0 +1,128 @@
+"""The shipped K2 study sweeps: each asks what its description says, and is sized as promised.
+
+CPU (the top-level base/grid): at most ~40 minutes on 2 cores with 2 trials at a time, enough
+optimizer steps for the loss to move, WSD so final points are cooled down. GPU profile: CUDA,
+GPU resources, 10M-1B active parameters.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from harness.config import TrialConfig, load_sweep
+
+ROOT = Path(__file__).resolve().parent.parent
+STUDIES = ["sparsity", "heads", "dense_layers", "router_groups", "optimizers", "muonclip"]
+CPU_FLOP_BUDGET = 1.0e14
+"""Training FLOPs one CPU sweep may spend (the largest shipped one is ~9.4e13, ~35 minutes)."""
+
+
+def trials(stem: str, profile: str | None = None) -> list[TrialConfig]:
+    return load_sweep(ROOT / "sweeps" / f"{stem}.yaml", profile).expand()
+
+
+@pytest.mark.parametrize("stem", STUDIES)
+def test_study_file_shape(stem: str) -> None:
+    path = ROOT / "sweeps" / f"{stem}.yaml"
+    first = path.read_text().splitlines()[0]
+    assert re.match(r"# cpu profile: \d+ trials, ~\d+ minutes on 2 cores \(measured .*tok/s", first)
+    assert int(first.split()[3]) == len(trials(stem))
+    sweep = load_sweep(path)
+    assert sweep.name == stem
+    assert len(sweep.description) > 200 and "K2" in sweep.description
+    assert sweep.resources.cpu == 1 and sweep.resources.gpu == 0
+    assert sweep.max_concurrent == 2
+    assert "gpu" in sweep.profiles
+    gpu = load_sweep(path, "gpu")
+    assert gpu.resources.gpu > 0
+
+
+@pytest.mark.parametrize("stem", STUDIES)
+def test_cpu_profile_is_sized_for_two_cores(stem: str) -> None:
+    ts = trials(stem)
+    assert sum(t.total_flops for t in ts) <= CPU_FLOP_BUDGET
+    for t in ts:
+        assert t.train.device != "cuda"
+        assert t.train.schedule == "wsd"
+        assert t.train.steps >= 100, f"{stem}: {t.train.steps} steps"
+        assert t.data.corpus == "stdlib"
+
+
+@pytest.mark.parametrize("stem", STUDIES)
+def test_gpu_profile_is_a_real_study(stem: str) -> None:
+    for t in trials(stem, "gpu"):
+        assert t.train.device == "cuda"
+        assert 1e7 <= t.model.param_counts().active <= 1e9
+        assert t.train.steps >= 100
+
+
+@pytest.mark.parametrize("profile", [None, "gpu"])
+def test_sparsity_holds_activated_params_fixed(profile: str | None) -> None:
+    ts = trials("sparsity", profile)
+    assert len({(t.model.moe.top_k, t.model.moe.n_shared) for t in ts}) == 1
+    active = [t.model.param_counts().active for t in ts]
+    assert max(active) / min(active) < 1.1  # only the router grows with E
+    sparsities = {t.model.sparsity for t in ts}
+    assert {1, 2, 4, 8, 16, 32} <= sparsities
+    if profile == "gpu":
+        assert {48, 64} <= sparsities
+    assert len({t.train.tokens for t in ts}) >= 3
+    assert load_sweep(ROOT / "sweeps" / "sparsity.yaml").analysis.baseline == 1
+
+
+@pytest.mark.parametrize("profile", [None, "gpu"])
+def test_heads_doubles_heads_at_equal_tokens(profile: str | None) -> None:
+    ts = trials("heads", profile)
+    heads = sorted({t.model.attention.n_heads for t in ts})
+    layers = {t.model.n_layers for t in ts}
+    assert heads == [next(iter(layers)), 2 * next(iter(layers))]
+    tokens = defaultdict(set)
+    for t in ts:
+        tokens[t.model.attention.n_heads].add(t.train.tokens)
+    assert tokens[heads[0]] == tokens[heads[1]] and len(tokens[heads[0]]) >= 3
+
+
+@pytest.mark.parametrize("profile", [None, "gpu"])
+def test_dense_layers_have_equal_active_params(profile: str | None) -> None:
+    ts = trials("dense_layers", profile)
+    assert {t.model.first_k_dense for t in ts} == {0, 1, 3}
+    assert all(t.model.n_layers >= 4 for t in ts)
+    for t in ts:
+        m = t.model
+        assert m.dense_ffn_dim == (m.moe.top_k + m.moe.n_shared) * m.moe.expert_ffn_dim
+    active = [t.model.param_counts().active for t in ts]
+    assert max(active) / min(active) < 1.02  # routers only
+
+
+@pytest.mark.parametrize("profile", [None, "gpu"])
+def test_router_groups_flat_vs_grouped(profile: str | None) -> None:
+    ts = trials("router_groups", profile)
+    arms = {(t.model.moe.n_groups, t.model.moe.topk_groups) for t in ts}
+    assert (1, 1) in arms and len(arms) >= 2
+    assert len({t.model.moe.n_groups for t in ts}) == len(arms)  # the arm column names them
+    assert len({t.train.tokens for t in ts}) >= 3
+
+
+@pytest.mark.parametrize("profile", [None, "gpu"])
+def test_optimizers_tune_lr_per_arm_and_size(profile: str | None) -> None:
+    ts = trials("optimizers", profile)
+    cells = defaultdict(set)
+    for t in ts:
+        cells[(t.optim.arm, t.model.d_model)].add(t.optim.lr)
+    assert {arm for arm, _ in cells} == {"adamw", "muon", "muonclip"}
+    assert len({d for _, d in cells}) >= 3
+    assert all(len(lrs) >= 3 for lrs in cells.values())
+    spec = load_sweep(ROOT / "sweeps" / "optimizers.yaml").analysis
+    expected = ("arm", "adamw", "model.d_model", "optim.lr")
+    assert (spec.arm, spec.baseline, spec.size, spec.best_of) == expected
+
+
+def test_muonclip_has_off_k2_and_small_tau() -> None:
+    ts = trials("muonclip")
+    taus = {t.optim.qk_clip_tau for t in ts}
+    assert None in taus and 100 in taus and any(x is not None and x < 100 for x in taus)
+    assert all(t.optim.name == "muon" for t in ts)
