@@ -7,7 +7,7 @@ SWEEP   ?= smoke
 PROFILE ?=
 PROFILE_ARG := $(if $(PROFILE),--profile $(PROFILE),)
 
-.PHONY: setup test lint demo sweep plots bench ui clean
+.PHONY: setup test test-ui test-reliability lint demo sweep plots bench ui docs clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,17 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not ui and not reliability_slow"
+
+# Every fault-injection test, the long ones too (chaos sweep, MLflow server restart, 8-trial
+# load): about 10 minutes on 2 cores. The short ones also run in `make test`.
+test-reliability: setup
+	$(BIN)/python -m pytest -q tests/reliability -m "reliability_slow or not reliability_slow"
+
+# The MLflow UI in headless Chromium (skips without /usr/bin/chromium and chromedriver;
+# Debian: apt-get install chromium chromium-driver). Saves results/ui/*.png.
+test-ui: setup
+	$(BIN)/python -m pytest -q -m ui tests/test_ui_browser.py
 
 lint: setup
 	$(BIN)/ruff check .
@@ -44,6 +54,11 @@ bench: setup
 
 ui: setup
 	$(BIN)/harness ui
+
+# docs/yaml-reference.md from the pydantic models (tests/test_schema.py checks it is current).
+docs: setup
+	$(BIN)/harness schema > docs/yaml-reference.md.tmp
+	mv docs/yaml-reference.md.tmp docs/yaml-reference.md
 
 clean:
 	rm -rf .harness mlflow.db mlartifacts results/cache

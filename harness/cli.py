@@ -219,7 +219,10 @@ def plots(experiments: tuple[str, ...], refresh: bool, out: Path) -> None:
 
 @cli.command()
 def schema() -> None:
-    """Print the YAML reference (every key, type, default, unit) as Markdown, from the models.
+    """Print the YAML reference as Markdown.
+
+    Every sweep and trial key with its type, bounds, default and unit, generated from the
+    pydantic models (docs/yaml-reference.md is this output).
 
     \b
     Example:
