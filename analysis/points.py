@@ -143,7 +143,7 @@ def annotate(runs: pd.DataFrame, spec: AnalysisSpec, axes: Sequence[str] | None)
     ]
     frame["seed"] = frame[SEED_AXIS] if SEED_AXIS in frame.columns else 0
     budget = [c for c in (BUDGET_AXIS, spec.size) if c is not None and c in frame.columns]
-    frame["budget"] = frame[budget or ["flops"]].astype(str).agg("|".join, axis=1)
+    frame["budget"] = frame[budget or ["flops"]].map(str).agg("|".join, axis=1)
     loss = pd.to_numeric(frame.get("final_val_loss"), errors="coerce")
     frame["usable"] = (frame["status"] == "finished") & np.isfinite(loss.to_numpy(float))
     frame["selected"] = frame["usable"]

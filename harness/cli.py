@@ -81,7 +81,8 @@ def cli(verbose: bool) -> None:
 @click.option("--profile", default=None, help="Named override from the YAML's profiles.")
 @click.option("--address", default=None, help="Ray cluster address (default: local Ray).")
 @click.option("--dry-run", is_flag=True, help="Print the trial table; launch nothing.")
-@click.option("--max-concurrent", type=click.IntRange(min=1), default=None)
+@click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
+              help="Trials running at once (default: the YAML's max_concurrent).")
 def submit(
     sweep_file: Path, profile: str | None, address: str | None, dry_run: bool,
     max_concurrent: int | None,
@@ -149,13 +150,14 @@ def status(name: str | None) -> None:
 @cli.command()
 @click.argument("trial_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--experiment", default="train", show_default=True, help="MLflow experiment.")
-@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None)
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where checkpoints go (default: .harness/checkpoints/<trial hash>).")
 def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None) -> None:
     """Run one trial in this process (no Ray), logged to MLflow.
 
     \b
     Example:
-      harness train tests/data/tiny_trial.yaml
+      harness train my_trial.yaml   # a TrialConfig YAML: model/optim/data/train
     """
     from harness.launch import default_storage
     from harness.tracking import MLflowTracker, check_store, get_or_create_experiment, mlflow_client
@@ -193,7 +195,14 @@ def ui(host: str, port: int) -> None:
 
     uri = default_tracking_uri()
     where = "this machine only" if host == "127.0.0.1" else f"ALL interfaces via {host}"
-    click.echo(f"MLflow UI on http://{host}:{port} ({where}); store {uri}", err=True)
+    if uri.startswith(("http://", "https://")):
+        click.echo(f"{uri} is an MLflow server: open {uri}/#/experiments", err=True)
+        return
+    click.echo(
+        f"MLflow UI on http://{host}:{port}/#/experiments?workflowType=machine_learning "
+        f"({where}; ready in ~30 s); store {uri}",
+        err=True,
+    )
     args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
             "--host", host, "--port", str(port)]
     os.execv(sys.executable, args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from harness.config import ConfigError, SweepConfig
@@ -46,7 +47,7 @@ def status_text(name: str | None = None) -> str:
         raise ConfigError(f"sweep '{name}' not found in MLflow (known: {known})")
     exp, parent = match[0]
     lines = [f"{'trial':<28} {'hash':<12} {'status':<11} {'tokens':>10} {'train':>7} {'val':>7}"]
-    for r in sorted(_children(client, exp, parent), key=lambda r: r.info.run_name or ""):
+    for r in sorted(_children(client, exp, parent), key=lambda r: _natural(r.info.run_name)):
         m = r.data.metrics
         train, val = (f"{m[k]:.4f}" if k in m else "-" for k in ("train/loss", "val/loss"))
         lines.append(
@@ -55,6 +56,11 @@ def status_text(name: str | None = None) -> str:
             f"{train:>7} {val:>7}"
         )
     return "\n".join(lines)
+
+
+def _natural(name: str | None) -> list[Any]:
+    """Sort key that puts E4 before E16."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name or "")]
 
 
 def stored_sweep(name: str) -> SweepConfig:
