@@ -96,7 +96,10 @@ def submit(
     sweep = load_sweep(sweep_file, profile)
     trials = sweep.expand()
     if dry_run:
+        from harness.preflight import paths_summary
+
         click.echo(trial_table(sweep, trials))
+        click.echo(paths_summary(trials))
         return
     _run(sweep, address, max_concurrent)
 
@@ -159,7 +162,7 @@ def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None) -> Non
     Example:
       harness train my_trial.yaml   # a TrialConfig YAML: model/optim/data/train
     """
-    from harness.launch import default_storage
+    from harness.preflight import default_storage
     from harness.tracking import MLflowTracker, check_store, get_or_create_experiment, mlflow_client
     from harness.train import run_trial
 
@@ -203,6 +206,7 @@ def ui(host: str, port: int) -> None:
         f"({where}; ready in ~30 s); store {uri}",
         err=True,
     )
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
             "--host", host, "--port", str(port)]
     os.execv(sys.executable, args)

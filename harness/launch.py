@@ -24,6 +24,7 @@ from typing import Any
 
 from harness.config import SweepConfig, TrialConfig
 from harness.naming import run_name
+from harness.preflight import check_resources, check_storage, default_storage
 from harness.tracking import (
     MLflowTracker,
     find_runs,
@@ -35,11 +36,6 @@ log = logging.getLogger(__name__)
 
 DONE = ("finished", "diverged")
 _KEY = "harness"  # the one key of a tune.report that carries our payload (a JSON string)
-
-
-def default_storage() -> Path:
-    """``HARNESS_STORAGE`` or ``.harness/`` in the project folder (cwd)."""
-    return Path(os.environ.get("HARNESS_STORAGE") or Path.cwd() / ".harness").resolve()
 
 
 class TuneTracker:
@@ -78,6 +74,10 @@ def trainable(config: dict[str, Any]) -> None:
     from harness.train import run_trial
 
     logging.basicConfig(level=logging.WARNING)
+    if Path(config["cwd"]).is_dir():
+        # Tune starts each trial in its own folder; relative paths (data.path, HARNESS_CACHE)
+        # mean the folder the sweep was submitted from, as --dry-run shows them.
+        os.chdir(config["cwd"])
     trial = TrialConfig.model_validate(config["point"]["trial"])
     torch.set_num_threads(max(1, int(config["cpus"])))
     ckpt = Path(config["storage"]) / "checkpoints" / trial.hash
@@ -104,6 +104,7 @@ class MLflowCallback:
         self.experiment_id = get_or_create_experiment(self.client, sweep.name)
         self.parent_id = parent_run(self.client, self.experiment_id, sweep)
         self.by_hash = {t.hash: t for t in trials}
+        self.n_todo, self.todo_tokens = len(trials), 0
         self.live: dict[str, _Live] = {}
         self.started = time.monotonic()
         self.last_print = 0.0
@@ -147,10 +148,12 @@ class MLflowCallback:
         live = self.live.get(trial_hash)
         return live.status if live is not None else "pending"
 
-    def on_error(self, trial_hash: str) -> None:
+    def on_error(self, trial_hash: str, reason: str = "") -> None:
         live = self.tracker_for(trial_hash)
         live.tracker.finish("failed")
         live.status = "failed"
+        name = run_name(self.by_hash[trial_hash], self.sweep)
+        log.warning("trial %s (%s) failed: %s", name, trial_hash, reason or "see the Ray log")
         self.progress(force=True)
 
     def progress(self, force: bool = False) -> None:
@@ -159,7 +162,7 @@ class MLflowCallback:
         if not force and now - self.last_print < 10:
             return
         self.last_print = now
-        log.info(progress_line(self.live, len(self.by_hash), now - self.started))
+        log.info(progress_line(self.live, self.n_todo, now - self.started, self.todo_tokens))
 
     def close(self, interrupted: bool) -> None:
         for live in self.live.values():
@@ -169,14 +172,17 @@ class MLflowCallback:
         statuses = [lv.status for lv in self.live.values()]
         done = all(s in DONE for s in statuses) and len(statuses) == len(self.by_hash)
         self.client.set_tag(self.parent_id, "status", "finished" if done else "incomplete")
+        self.client.set_terminated(self.parent_id, "FINISHED" if done else "KILLED")
 
 
-def progress_line(live: dict[str, _Live], n_trials: int, elapsed: float) -> str:
+def progress_line(
+    live: dict[str, _Live], n_trials: int, elapsed: float, total_tokens: int
+) -> str:
     """``2/4 done · 1 running · 0 failed · 1.2M/4.0M tokens · ETA 1m20s``."""
     states = [lv.status for lv in live.values()]
     done = sum(s in DONE for s in states)
     tokens = sum(lv.tokens for lv in live.values())
-    total = sum(lv.tokens_total for lv in live.values()) or 1
+    total = max(total_tokens, 1)
     frac = tokens / total
     eta = f"{elapsed * (1 - frac) / frac:.0f}s" if frac > 0.01 else "?"
     return (
@@ -230,9 +236,18 @@ def _tune_callback(cb: MLflowCallback) -> Any:
             cb.on_result(trial.config["point"]["hash"], result)
 
         def on_trial_error(self, iteration, trials, trial, **info):  # type: ignore[no-untyped-def]
-            cb.on_error(trial.config["point"]["hash"])
+            cb.on_error(trial.config["point"]["hash"], _last_error_line(trial.error_file))
 
     return _Callback()
+
+
+def _last_error_line(path: str | None) -> str:
+    """The last line of a Ray trial's error file (the exception), or ''."""
+    try:
+        lines = Path(path).read_text(errors="replace").strip().splitlines() if path else []
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
 
 
 def ray_env(address: str | None) -> str | None:
@@ -244,6 +259,7 @@ def ray_env(address: str | None) -> str | None:
         # explicit address must opt in to send it.
         os.environ["RAY_AUTH_MODE"] = "token"
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return address
 
@@ -254,7 +270,8 @@ def init_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    logging.getLogger("ray.tune.analysis").setLevel(logging.ERROR)
+    for quiet in ("ray.tune.analysis", "ray.tune.tune", "ray._private.authentication"):
+        logging.getLogger(quiet).setLevel(logging.ERROR)
     ray.init(
         address=address,
         include_dashboard=False,
@@ -274,21 +291,25 @@ def submit(
 ) -> SubmitSummary:
     """Run every unfinished trial of ``sweep`` on Ray Tune; finished ones are skipped by hash."""
     address = ray_env(address)
-    from ray import tune
-
     t0 = time.monotonic()
     trials = sweep.expand()
+    storage = storage or default_storage()
+    check_storage(storage, [])  # writable, before MLflow or Ray is touched
     done = finished_hashes(sweep.name, uri)
     todo = [t for t in trials if t.hash not in done]
+    check_storage(storage, todo)  # room for the checkpoints of what will run
     log.info("%s: %d trials, %d already finished, %d to run", sweep.name, len(trials),
              len(trials) - len(todo), len(todo))
     cb = MLflowCallback(sweep, trials, uri)
+    cb.n_todo = len(todo)
+    cb.todo_tokens = sum(t.train.steps * t.train.batch_tokens for t in todo)
     if not todo:
         cb.close(interrupted=False)
         return _summary(cb, trials, len(trials), False, t0)
-    storage = storage or default_storage()
-    storage.mkdir(parents=True, exist_ok=True)
+    from ray import tune
+
     init_ray(address)
+    check_resources(sweep)
     points = [{"trial": t.model_dump(mode="json"), "hash": t.hash} for t in todo]
     res = sweep.resources
     tuner = tune.Tuner(
@@ -296,6 +317,7 @@ def submit(
         param_space={
             "point": tune.grid_search(points),
             "storage": str(storage),
+            "cwd": str(Path.cwd()),
             "cpus": res.cpu,
         },
         tune_config=tune.TuneConfig(
@@ -317,6 +339,11 @@ def submit(
         tuner.fit()
     except KeyboardInterrupt:
         log.warning("interrupted")
+    except (EOFError, OSError) as e:
+        # Ray reads its own state files back as it ends; a full disk leaves them torn. The
+        # trials' states come from the callback, so report those rather than a traceback.
+        log.warning("Ray could not read or write its state under %s: %s", storage / "ray",
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
     unfinished = [t.hash for t in todo if cb.status_of(t.hash) not in (*DONE, "failed")]
     interrupted = bool(unfinished)
     cb.close(interrupted=interrupted)

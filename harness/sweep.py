@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal, Self
@@ -17,10 +18,16 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from harness.config import Frozen, TrialConfig
+from harness.memory import check_memory
 
 
 class ConfigError(ValueError):
     """Bad user input: a one-line message naming the key and the rule (CLI exit status 2)."""
+
+    def __str__(self) -> str:
+        # keys and values from the YAML may hold line breaks or control characters: escape them
+        msg = super().__str__()
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
 
 
 class _Loader(yaml.SafeLoader):
@@ -49,12 +56,38 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
+        where = f": line {mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{p}:{where}: invalid YAML: {problem}") from None
+        raise ConfigError(f"{p}{where}: invalid YAML: {problem}") from None
+    except Exception as e:  # a tag the constructor rejects: !!int abc, !!timestamp {a: 1}
+        problem = (str(e).splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"{p}: invalid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
+    _check_numbers(data, p)
     return data
+
+
+MAX_INT = 2**63
+"""Integers in a config are int64 (torch, SQLite, MLflow); larger ones overflow float math."""
+MAX_TRIALS = 10_000
+"""Most trials one sweep may expand to (a typo in a grid should not hang the expansion)."""
+
+
+def _check_numbers(data: dict[str, Any], path: Path) -> None:
+    """Reject integers outside int64 anywhere in the YAML, naming the dotted key."""
+    stack: list[tuple[str, Any]] = [("", data)]
+    seen: set[int] = set()  # YAML anchors can make a structure refer to itself
+    while stack:
+        key, node = stack.pop()
+        if isinstance(node, dict | list):
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            stack.extend((f"{key}.{k}" if key else str(k), v) for k, v in items)
+        elif isinstance(node, int) and not isinstance(node, bool) and abs(node) >= MAX_INT:
+            raise ConfigError(f"{path}: {key}: {str(node)[:12]}... is out of range (|x| < 2^63)")
 
 
 def one_line(err: ValidationError, prefix: str = "") -> str:
@@ -165,6 +198,10 @@ class SweepConfig(Frozen):
             raise ValueError("train.seed: use the top-level 'seeds' list instead")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: values must be distinct")
+        n = math.prod(len(v) for v in self.grid.values()) * len(self.seeds)
+        n *= len(next(iter(self.zip.values()))) if self.zip else 1
+        if n > MAX_TRIALS:
+            raise ValueError(f"grid x zip x seeds gives {n} trials; at most {MAX_TRIALS}")
         return self
 
     @property
@@ -189,17 +226,19 @@ class SweepConfig(Frozen):
         ]
 
     def expand(self) -> list[TrialConfig]:
-        """Validated trials of the sweep; a bad point raises ConfigError naming its key."""
+        """Validated trials of the sweep; a bad point raises ConfigError naming its key, and so
+        does a trial whose memory estimate does not fit this machine (harness.memory)."""
         trials, seen = [], set()
         for point in self.points():
             raw = copy.deepcopy(self.base)
             for key, value in point.items():
                 set_dotted(raw, key, value)
+            where = ", ".join(f"{k}={v}" for k, v in point.items() if k in self.axes)
             try:
                 trial = TrialConfig.model_validate(raw)
             except ValidationError as e:
-                where = ", ".join(f"{k}={v}" for k, v in point.items() if k in self.axes)
                 raise ConfigError(f"{one_line(e, 'base')} (trial {where or 'base'})") from None
+            check_memory(trial, f"trial {where or 'base'}")
             if trial.hash in seen:
                 raise ConfigError(f"grid: two trials resolve to the same config ({point})")
             seen.add(trial.hash)
@@ -224,6 +263,8 @@ def load_sweep(path: str | Path, profile: str | None = None) -> SweepConfig:
             raise ConfigError(f"profiles.{profile}.{sorted(bad)[0]}: unknown key")
         raw = deep_merge(raw, over)
         raw["profile"] = profile
+        # Its own MLflow experiment: a profile's runs never mix with the default's.
+        raw["name"] = f"{raw.get('name')}-{profile}"
     try:
         sweep = SweepConfig.model_validate(raw)
     except ValidationError as e:
@@ -239,6 +280,8 @@ def load_trial(path: str | Path) -> TrialConfig:
     """Read one TrialConfig YAML (``harness train``)."""
     raw = read_yaml(path)
     try:
-        return TrialConfig.model_validate(raw)
+        trial = TrialConfig.model_validate(raw)
     except ValidationError as e:
         raise ConfigError(f"{path}: {one_line(e)}") from None
+    check_memory(trial, str(path))
+    return trial

@@ -9,18 +9,25 @@ most 1000 points, buffered and retried when the store is briefly unreachable.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("running", "finished", "diverged", "failed")
-_MLFLOW_STATUS = {"finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED"}
+STATUSES = ("running", "finished", "diverged", "failed", "interrupted")
+_MLFLOW_STATUS = {
+    "finished": "FINISHED", "diverged": "FINISHED", "failed": "FAILED", "interrupted": "KILLED",
+}
+# MLflow error codes that retrying cannot fix (a bad request, not an unreachable store).
+_PERMANENT = ("INVALID_PARAMETER_VALUE", "RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST")
 MAX_BATCH = 1000  # MLflow's limit on metrics per log_batch call
 MAX_PARAMS = 100  # ... and on params per call
 
@@ -81,6 +88,9 @@ def mlflow_client(uri: str | None = None) -> Any:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
+    # set after the import, which configures mlflow's loggers at INFO
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
     return MlflowClient(tracking_uri=uri or default_tracking_uri())
 
 
@@ -113,13 +123,14 @@ def find_runs(client: Any, experiment_id: str, filter_string: str) -> list[Any]:
 
 
 def _with_retry(what: str, fn: Any, *args: Any, attempts: int = 8, **kwargs: Any) -> Any:
-    """Call ``fn``, retrying with backoff when the tracking store is briefly unreachable."""
+    """Call ``fn``, retrying with backoff (~35 s in all) when the tracking store is briefly
+    unreachable; a request the store rejects on its merits is raised at once."""
     delay = 0.5
     for attempt in range(attempts):
         try:
             return fn(*args, **kwargs)
-        except Exception as e:  # the store's client raises many types; all are retried
-            if attempt == attempts - 1:
+        except Exception as e:  # the store's client raises many types; all transient ones retried
+            if attempt == attempts - 1 or getattr(e, "error_code", None) in _PERMANENT:
                 raise
             log.warning("MLflow %s failed (%s); retrying in %.1fs", what, type(e).__name__, delay)
             time.sleep(delay)
@@ -147,29 +158,39 @@ class MLflowTracker:
         run_name: str,
         tags: dict[str, str],
     ) -> MLflowTracker:
-        """The run of ``trial_hash`` in the experiment, created if it does not exist yet."""
-        runs = find_runs(client, experiment_id, f"tags.trial_hash = '{trial_hash}'")
-        if runs:
-            run_id = runs[0].info.run_id
-            if runs[0].info.status != "RUNNING":
-                client.update_run(run_id, status="RUNNING")
-        else:
+        """The run of ``trial_hash`` in the experiment, created if it does not exist yet.
+
+        Retried as a whole (find, then create): a create whose reply was lost is found by the
+        next attempt instead of being made twice.
+        """
+
+        def find_or_create() -> str:
+            runs = find_runs(client, experiment_id, f"tags.trial_hash = '{trial_hash}'")
+            if runs:
+                run_id: str = runs[0].info.run_id
+                if runs[0].info.status != "RUNNING":
+                    client.update_run(run_id, status="RUNNING")
+                return run_id
             all_tags = {**tags, "trial_hash": trial_hash, "status": "running"}
-            run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
-        return cls(client, run_id)
+            return client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+
+        return cls(client, _with_retry("attach run", find_or_create))
 
     def _stored_points(self) -> set[tuple[str, int]]:
-        run = self.client.get_run(self.run_id)
-        seen: set[tuple[str, int]] = set()
-        for key in run.data.metrics:
-            for m in self.client.get_metric_history(self.run_id, key):
-                seen.add((key, m.step))
-        return seen
+        def read() -> set[tuple[str, int]]:
+            run = self.client.get_run(self.run_id)
+            seen: set[tuple[str, int]] = set()
+            for key in run.data.metrics:
+                for m in self.client.get_metric_history(self.run_id, key):
+                    seen.add((key, m.step))
+            return seen
+
+        return _with_retry("read run", read)
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        stored = self.client.get_run(self.run_id).data.params
+        stored = _with_retry("read run", self.client.get_run, self.run_id).data.params
         new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in stored]
         for i in range(0, len(new), MAX_PARAMS):
             _with_retry("log params", self.client.log_batch, self.run_id, params=new[i : i + 100])
@@ -223,20 +244,45 @@ class MLflowTracker:
             _with_retry("end run", self.client.set_terminated, self.run_id, _MLFLOW_STATUS[status])
 
 
+@contextlib.contextmanager
+def _scoped_env(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration of a block, then restore them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def check_store(uri: str | None = None) -> None:
-    """Fail fast, in one line, when the tracking store cannot be written (before any launch)."""
-    from harness.sweep import ConfigError
+    """Fail fast, in one line, when the tracking store cannot be written (before any launch).
+
+    A SQLite store's folder must take a new file (tried, not inferred from permission bits,
+    which root ignores). A server gets one quick request; its short timeout and no-retry
+    apply to that request only, so the sweep's own requests keep MLflow's patient retries and
+    ride out a server restart.
+    """
+    from harness.config import ConfigError
 
     uri = uri or default_tracking_uri()
     if uri.startswith("sqlite:///"):
         folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise ConfigError(f"MLFLOW_TRACKING_URI ({uri}): folder {folder} is not writable")
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise ConfigError(
+                f"MLFLOW_TRACKING_URI ({uri}): folder {folder} is not writable ({e.strerror})"
+            ) from None
         return
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     try:
-        mlflow_client(uri).search_experiments(max_results=1)
+        with _scoped_env(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT="5"):
+            mlflow_client(uri).search_experiments(max_results=1)
     except Exception as e:
         reason = str(e).splitlines()[0][:200]
         raise ConfigError(f"MLFLOW_TRACKING_URI ({uri}): store unreachable: {reason}") from None

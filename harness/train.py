@@ -9,10 +9,10 @@ Batches are a pure function of (seed, step), so no data state is needed to resum
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from harness.checkpoint import save_atomic, write_json_atomic
 from harness.config import TrialConfig
 from harness.data import TokenData, load_data, train_batch, val_batches
 from harness.env import device_peak_flops, environment_tags, pick_device
@@ -93,6 +94,8 @@ class Trainer:
         self.rows: list[tuple[int, dict[str, float]]] = []
         self.run_max_logits: torch.Tensor | None = None
         self.elapsed = 0.0
+        self.window = _Window()  # steps since the last log; checkpointed, so a resumed log
+        # averages the same steps as an uninterrupted one
 
     # checkpoints -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -104,6 +107,7 @@ class Trainer:
             "run_max_logits": self.run_max_logits,
             "elapsed": self.elapsed,
             "rng": torch.get_rng_state(),
+            "window": asdict(self.window),
         }
 
     def load(self, state: dict[str, Any]) -> None:
@@ -114,6 +118,7 @@ class Trainer:
         self.run_max_logits = state["run_max_logits"]
         self.elapsed = float(state["elapsed"])
         torch.set_rng_state(state["rng"])
+        self.window = _Window(**state.get("window", {}))
 
     # steps -------------------------------------------------------------------------------------
     def loss_of(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Telemetry]:
@@ -232,19 +237,6 @@ class Trainer:
         return "\n".join(lines) + "\n"
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a torn checkpoint."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
 def _replay(tracker: Tracker, rows: list[tuple[int, dict[str, float]]]) -> None:
     for step, metrics in rows:
         tracker.log_metrics(metrics, step=step)
@@ -253,6 +245,8 @@ def _replay(tracker: Tracker, rows: list[tuple[int, dict[str, float]]]) -> None:
 def _finished(tracker: Tracker, path: Path) -> TrialResult:
     """Replay a finished trial's record into the tracker without training again."""
     saved = json.loads(path.read_text())
+    tracker.set_tags(saved.get("tags", {}))
+    tracker.log_params(saved.get("params", {}))
     _replay(tracker, [(int(s), m) for s, m in saved["rows"]])
     for name, text in saved["artifacts"].items():
         tracker.log_artifact(name, text)
@@ -289,11 +283,12 @@ def run_trial(
     if ckpt_dir is not None and (ckpt_dir / CKPT).exists():
         trainer.load(torch.load(ckpt_dir / CKPT, weights_only=True, map_location=device))
         log.info("trial %s resumed at step %d", trial.hash, trainer.step)
-    tracker.set_tags({**environment_tags(device), "trial_hash": trial.hash})
-    tracker.log_params(
-        {**trial.flat(), "data.fingerprint": json.dumps(data.fingerprint, sort_keys=True)}
-    )
+    tags = {**environment_tags(device), "trial_hash": trial.hash}
+    params = run_params(trial, data)
+    tracker.set_tags(tags)
+    tracker.log_params(params)
     tracker.log_artifact("trial.yaml", trial_yaml(trial))
+    tracker.log_artifact("data.json", json.dumps(data.fingerprint, indent=1, sort_keys=True))
     _replay(tracker, trainer.rows)
     status = _train(trainer, tracker, ckpt_dir, on_log, stop_after)
     if status == "interrupted":
@@ -308,8 +303,9 @@ def run_trial(
     for name, text in artifacts.items():
         tracker.log_artifact(name, text)
     if ckpt_dir is not None:
-        record = {"result": asdict(result), "rows": trainer.rows, "artifacts": artifacts}
-        _write_json_atomic(record, ckpt_dir / RESULT)
+        record = {"result": asdict(result), "rows": trainer.rows, "artifacts": artifacts,
+                  "params": params, "tags": tags}
+        write_json_atomic(record, ckpt_dir / RESULT)
         (ckpt_dir / CKPT).unlink(missing_ok=True)
     tracker.finish(status)
     return result
@@ -326,12 +322,13 @@ def _train(
     tc = trainer.trial.train
     eval_steps = max(1, tc.eval_every // tc.batch_tokens)
     ckpt_steps = max(1, tc.checkpoint_every // tc.batch_tokens)
-    window, status = _Window(), "finished"
+    status = "finished"
     while trainer.step < tc.steps:
         t0 = time.perf_counter()
         loss, gnorm, tel, clipped = trainer.train_step()
         dt = time.perf_counter() - t0
         trainer.elapsed += dt
+        window = trainer.window
         window.add(loss, gnorm, tel, clipped)
         window.tokens += tc.batch_tokens
         window.seconds += dt
@@ -344,14 +341,14 @@ def _train(
             tracker.log_metrics(metrics, step=trainer.step)
             if on_log is not None:
                 on_log(trainer.step, metrics)
-            window = _Window()
+            trainer.window = _Window()
         if diverged:
             log.warning("trial %s diverged at step %d (loss %s)", trainer.trial.hash,
                         trainer.step, loss)
             status = "diverged"
             break
         if ckpt_dir is not None and trainer.step % ckpt_steps == 0 and not last:
-            _save_atomic(trainer.state(), ckpt_dir / CKPT)
+            save_atomic(trainer.state(), ckpt_dir / CKPT)
         if stop_after is not None and trainer.step >= stop_after:
             return "interrupted"
     return status
@@ -372,6 +369,23 @@ def _result(trainer: Trainer, status: str) -> TrialResult:
         wall_s=trainer.elapsed,
         tokens_per_s=tokens / max(trainer.elapsed, 1e-9),
     )
+
+
+def run_params(trial: TrialConfig, data: TokenData) -> dict[str, Any]:
+    """Every config field (dotted) plus the derived sizes the UI's compare views plot against."""
+    pc = trial.model.param_counts()
+    blob = json.dumps(data.fingerprint, sort_keys=True).encode()
+    return {
+        **trial.flat(),
+        "arm": trial.optim.arm,
+        "params_total": pc.total,
+        "params_active": pc.active,
+        "params_active_non_embedding": pc.active_non_embedding,
+        "sparsity": trial.model.sparsity,
+        "steps": trial.train.steps,
+        "flops_per_token": trial.model.flops_per_token(trial.train.seq_len),
+        "data_sha": hashlib.sha256(blob).hexdigest()[:12],
+    }
 
 
 def trial_yaml(trial: TrialConfig) -> str:

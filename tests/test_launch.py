@@ -16,43 +16,17 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
+from sweeptools import HARNESS, child_runs, free_port, harness, trial_workers, write_sweep
 
 from harness.config import load_sweep
-from harness.tracking import MemoryTracker, find_runs, mlflow_client
+from harness.tracking import MemoryTracker, mlflow_client
 from harness.train import run_trial
-
-HARNESS = str(Path(sys.executable).parent / "harness")
-
-MODEL = {
-    "d_model": 32, "n_layers": 2, "first_k_dense": 1, "dense_ffn_dim": 64,
-    "attention": {"n_heads": 2, "kv_lora_rank": 16, "qk_nope_head_dim": 8,
-                  "qk_rope_head_dim": 4, "v_head_dim": 8},
-    "moe": {"n_routed_experts": 4, "top_k": 2, "expert_ffn_dim": 16},
-}
-DATA = {"corpus": "synthetic", "synthetic_vocab": 32, "synthetic_tokens": 100_000,
-        "val_tokens": 2048}
 
 
 def sweep_yaml(folder: Path, name: str, grid: dict, steps: int = 16, **extra: object) -> Path:
-    spec = {
-        "name": name,
-        "base": {
-            "model": MODEL,
-            "optim": {"name": "adamw", "lr": 3e-3},
-            "data": DATA,
-            "train": {"tokens": steps * 512, "batch_tokens": 512, "seq_len": 64, "log_every": 2,
-                      "eval_every": 4096, "checkpoint_every": 2048, "threads": 1,
-                      "diverge_loss": 6.0, "grad_clip": None},
-        },
-        "grid": grid,
-        "resources": {"cpu": 1},
-        "max_concurrent": 2,
-        **extra,
-    }
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    return path
+    """Tiny trials that diverge (rather than crawl) at an absurd learning rate."""
+    return write_sweep(folder, name, grid, steps, train={"diverge_loss": 6.0, "grad_clip": None},
+                       **extra)
 
 
 @pytest.fixture
@@ -63,20 +37,6 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     return tmp_path
-
-
-def harness(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
-    out = subprocess.run([HARNESS, *args], capture_output=True, text=True, timeout=timeout)
-    if check and out.returncode != 0:
-        raise AssertionError(f"harness {' '.join(args)} -> {out.returncode}\n{out.stderr[-3000:]}")
-    return out
-
-
-def child_runs(name: str) -> list:
-    client = mlflow_client()
-    exp = client.get_experiment_by_name(name)
-    runs = find_runs(client, exp.experiment_id, "")
-    return [r for r in runs if r.data.tags.get("kind") != "sweep"]
 
 
 def steps_of(run_id: str, key: str = "train/loss") -> list[int]:
@@ -112,20 +72,6 @@ def test_sweep_dedup_divergence_and_new_grid_values(project: Path) -> None:
     assert status.count("finished") == 3 and status.count("diverged") == 3
 
 
-def _trial_workers() -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if cmd.startswith("ray::") and ("ImplicitFunc" in cmd or "trainable" in cmd):
-            pids.append(int(proc.name))
-    return pids
-
-
 def test_sigkilled_worker_resumes_into_the_same_run(project: Path) -> None:
     path = sweep_yaml(project, "kill", {"model.moe.n_routed_experts": [4]}, steps=160)
     proc = subprocess.Popen([HARNESS, "submit", str(path)], stdout=subprocess.PIPE,
@@ -134,8 +80,8 @@ def test_sigkilled_worker_resumes_into_the_same_run(project: Path) -> None:
     killed = False
     deadline = time.monotonic() + 240
     while not killed and time.monotonic() < deadline and proc.poll() is None:
-        if list(ckpt_root.glob("*/ckpt.pt")) and _trial_workers():
-            for pid in _trial_workers():
+        if list(ckpt_root.glob("*/ckpt.pt")) and trial_workers(project):
+            for pid in trial_workers(project):
                 os.kill(pid, signal.SIGKILL)
             killed = True
         time.sleep(0.2)
@@ -179,7 +125,7 @@ def test_interrupted_driver_then_resume_finishes_without_rerunning(project: Path
 def test_cluster_address_and_ui(project: Path) -> None:
     ray = str(Path(sys.executable).parent / "ray")
     temp = Path("/tmp") / f"rayc{os.getpid()}"  # short: Ray's socket paths have a length limit
-    port = _free_port()
+    port = free_port()
     # --block keeps the head in the foreground so the test stops its own cluster only (a
     # `ray stop` would stop every Ray on the machine).
     head = subprocess.Popen(
@@ -213,14 +159,8 @@ def _wait_for_port(port: int, proc: subprocess.Popen, timeout: float = 120) -> N
         time.sleep(0.5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _check_ui_lists_runs(name: str, n_runs: int) -> None:
-    port = _free_port()
+    port = free_port()
     ui = subprocess.Popen([HARNESS, "ui", "--port", str(port)], stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL, start_new_session=True)
     try:
