@@ -244,9 +244,13 @@ def test_compare_view_plots_the_varying_params(served: Served, browser: Any) -> 
     _close_assistant(browser)
     for name in NAMES:
         _wait(browser, f"//*[normalize-space(text())='{name}']")
-    axes = "//*[name()='svg']//*[name()='text'][normalize-space(.)='{}']"
-    for param in ("model.moe.n_routed_experts", "optim.name"):
-        _wait(browser, axes.format(param))  # picked as plot axes because they vary
+    # MLflow picks varying params as plot axes: one for the expert count (or a size derived from
+    # it) and one for the optimizer (its name or arm).
+    axis = "//*[name()='svg']//*[name()='text'][{}]"
+    for group in (("model.moe.n_routed_experts", "params_total", "sparsity"),
+                  ("optim.name", "arm")):
+        either = " or ".join(f"normalize-space(.)='{p}'" for p in group)
+        _wait(browser, axis.format(either))
     row = _wait(browser, "//tr[.//*[normalize-space(text())='model.moe.n_routed_experts']]")
     assert sorted(row.text.split()[1:]) == ["4", "4", "8", "8"], row.text
     time.sleep(1)
