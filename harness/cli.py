@@ -246,6 +246,24 @@ def schema() -> None:
     click.echo(yaml_reference(), nl=False)
 
 
+@cli.command()
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--quick", is_flag=True, help="Fewer repeats and smaller cases (~2 minutes).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
+              show_default=True)
+def bench(device: str, quick: bool, out: Path) -> None:
+    """Time the hot paths against their baselines, side by side in one run.
+
+    \b
+    Example:
+      harness bench --quick       # writes results/bench.json and results/bench.md
+    """
+    from harness.bench import run_bench
+
+    run_bench(device, quick, out)
+    click.echo(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")
+
+
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: ConfigError -> one line on stderr, exit status 2."""
     try:
