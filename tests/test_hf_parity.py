@@ -20,6 +20,8 @@ from harness.model.transformer import Transformer
 
 transformers = pytest.importorskip("transformers")
 
+from harness.bench.hf import hf_config as bench_hf_config  # noqa: E402
+
 V, D, T, B = 96, 32, 12, 2
 
 
@@ -58,37 +60,8 @@ def our_config(
 
 
 def hf_config(cfg: ModelConfig) -> transformers.DeepseekV3Config:
-    a, m = cfg.attention, cfg.moe
-    return transformers.DeepseekV3Config(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.d_model,
-        intermediate_size=cfg.dense_ffn_dim,
-        moe_intermediate_size=m.expert_ffn_dim,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=a.n_heads,
-        num_key_value_heads=a.n_heads,
-        n_shared_experts=m.n_shared,
-        n_routed_experts=m.n_routed_experts,
-        routed_scaling_factor=m.routed_scaling_factor,
-        kv_lora_rank=a.kv_lora_rank,
-        q_lora_rank=a.q_lora_rank or None,
-        qk_rope_head_dim=a.qk_rope_head_dim,
-        v_head_dim=a.v_head_dim,
-        qk_nope_head_dim=a.qk_nope_head_dim,
-        n_group=m.n_groups,
-        topk_group=m.topk_groups,
-        num_experts_per_tok=m.top_k,
-        first_k_dense_replace=cfg.first_k_dense,
-        norm_topk_prob=m.norm_topk_prob,
-        max_position_embeddings=cfg.max_seq_len,
-        rms_norm_eps=cfg.norm_eps,
-        rope_parameters={"rope_type": "default", "rope_theta": a.rope_theta},
-        rope_interleave=False,
-        tie_word_embeddings=False,
-        num_mtp_layers=0,
-        attention_bias=False,
-        attn_implementation="eager",
-    )
+    """The bench's mapping of our config onto HF's, with the reference (eager) kernels."""
+    return bench_hf_config(cfg, experts_impl="eager", attn_impl="eager")
 
 
 def hf_to_ours(hf: torch.nn.Module, ours: Transformer) -> None:

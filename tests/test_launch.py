@@ -29,16 +29,6 @@ def sweep_yaml(folder: Path, name: str, grid: dict, steps: int = 16, **extra: ob
                        **extra)
 
 
-@pytest.fixture
-def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("HARNESS_STORAGE", str(tmp_path / ".harness"))
-    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    return tmp_path
-
-
 def steps_of(run_id: str, key: str = "train/loss") -> list[int]:
     return [m.step for m in mlflow_client().get_metric_history(run_id, key)]
 

@@ -1,4 +1,4 @@
-"""Fixtures of the reliability suite: a temporary project folder, as tests/test_launch.py uses."""
+"""Shared fixtures: a temporary project folder for tests that drive the CLI, Ray and MLflow."""
 
 from __future__ import annotations
 
