@@ -18,6 +18,7 @@ K experts per token (top_k), F expert hidden width, G expert groups, S = N*K sor
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -80,27 +81,101 @@ def sequence_balance_loss(scores_BTE: Tensor, idx_BTK: Tensor, alpha: float) -> 
     return alpha * (f_BE * p_BE).sum(dim=-1).mean()
 
 
-def expert_ffn_loop(
-    x_SD: Tensor, gate_S: Tensor, counts: list[int], w1: Tensor, w3: Tensor, w2: Tensor
-) -> Tensor:
-    """Per-expert SwiGLU over contiguous sorted slices, hidden scaled by the slot's gate weight.
+def _autocast_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the expert GEMMs run in: autocast's where it is on, else the input's."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
 
-    ``counts`` (host ints) sum to S. Scaling the hidden (S, F) instead of the output (S, D) is
-    the same by linearity and lets the combine be a plain ``index_add``.
+
+class _ExpertLoop(torch.autograd.Function):
+    """Per-expert SwiGLU over sorted slots with a hand-written backward (the CPU path).
+
+    Expert e's slots are the slice ``[start_e, start_e + counts[e])`` of the sorted slot order; its
+    rows are gathered from x with ``index_select`` and its output is added straight into the token
+    sum with ``index_add_``, so no (S, D) gather, per-expert ``cat`` or accumulating
+    ``index_put_`` backward is materialised. Gate and up projections run as one GEMM against
+    ``[w1; w3]``; only their pre-activations (S, 2F) are saved. The gate weight scales the hidden
+    activation (the same as scaling the output, by linearity).
     """
-    outs = [
-        F.linear(F.silu(F.linear(xs, a)) * F.linear(xs, c) * gs.unsqueeze(-1), b)
-        for xs, gs, a, c, b in zip(
-            x_SD.split(counts),
-            gate_S.split(counts),
-            w1.unbind(0),
-            w3.unbind(0),
-            w2.unbind(0),
-            strict=True,
-        )
-        if xs.shape[0]
-    ]
-    return torch.cat(outs) if outs else x_SD.new_zeros(0, w2.shape[1])
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        x_ND: Tensor,
+        tok_S: Tensor,
+        gate_S: Tensor,
+        counts: list[int],
+        w1: Tensor,
+        w3: Tensor,
+        w2: Tensor,
+    ) -> Tensor:
+        Fh = w1.shape[1]
+        w13 = torch.cat([w1, w3], dim=1)  # (E, 2F, D): gate rows, then up rows
+        pre_S2F = x_ND.new_empty(tok_S.shape[0], 2 * Fh)  # gate | up pre-activations
+        y_ND = torch.zeros_like(x_ND)
+        for e, sl in _slices(counts):
+            rows = tok_S[sl]
+            pre = torch.mm(x_ND.index_select(0, rows), w13[e].t(), out=pre_S2F[sl])  # (n, 2F)
+            h = F.silu(pre[:, :Fh]).mul_(pre[:, Fh:]).mul_(gate_S[sl].unsqueeze(-1))  # (n, F)
+            y_ND.index_add_(0, rows, torch.mm(h, w2[e].t()))
+        ctx.counts = counts  # type: ignore[attr-defined]
+        ctx.save_for_backward(x_ND, tok_S, gate_S, w13, w2, pre_S2F)
+        return y_ND
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, gy_ND: Tensor
+    ) -> tuple[Tensor | None, ...]:
+        x_ND, tok_S, gate_S, w13, w2, pre_S2F = ctx.saved_tensors  # type: ignore[attr-defined]
+        Fh = w2.shape[2]
+        gy_ND = gy_ND.contiguous()
+        gx_ND, gw13, gw2 = torch.zeros_like(x_ND), torch.zeros_like(w13), torch.zeros_like(w2)
+        ggate_S = torch.zeros_like(gate_S)
+        with torch.autocast(device_type=x_ND.device.type, enabled=False):
+            for e, sl in _slices(ctx.counts):  # type: ignore[attr-defined]
+                rows = tok_S[sl]
+                a, c = pre_S2F[sl, :Fh], pre_S2F[sl, Fh:]  # (n, F) each
+                g = gate_S[sl].unsqueeze(-1)  # (n, 1)
+                sig = torch.sigmoid(a)
+                act = a * sig  # silu(a)
+                act_c = act * c  # the hidden before the gate weight
+                go = gy_ND.index_select(0, rows)  # (n, D)
+                torch.mm(go.t(), act_c * g, out=gw2[e])
+                dh = torch.mm(go, w2[e])  # (n, F)
+                ggate_S[sl] = (dh * act_c).sum(dim=-1)
+                dh = dh.mul_(g)
+                dpre = torch.cat([dh * c * sig * (1 + a * (1 - sig)), dh * act], dim=1)  # (n, 2F)
+                torch.mm(dpre.t(), x_ND.index_select(0, rows), out=gw13[e])
+                gx_ND.index_add_(0, rows, torch.mm(dpre, w13[e]))
+        gw1, gw3 = gw13[:, :Fh].contiguous(), gw13[:, Fh:].contiguous()
+        return gx_ND, None, ggate_S, None, gw1, gw3, gw2
+
+
+def _slices(counts: list[int]) -> list[tuple[int, slice]]:
+    """(expert, slice of its sorted slots) for every expert with at least one slot."""
+    ends = itertools.accumulate(counts)
+    pairs = enumerate(zip(counts, ends, strict=True))
+    return [(e, slice(end - n, end)) for e, (n, end) in pairs if n]
+
+
+def expert_ffn_loop(
+    x_ND: Tensor,
+    tok_S: Tensor,
+    gate_S: Tensor,
+    counts: list[int],
+    w1: Tensor,
+    w3: Tensor,
+    w2: Tensor,
+) -> Tensor:
+    """Routed output (N, D): expert e's SwiGLU on the tokens of its sorted slots, gate-weighted.
+
+    ``counts`` (host ints, sum S) gives each expert's slice of ``tok_S`` / ``gate_S``. Under
+    autocast the inputs are cast to the autocast dtype and the loop runs with autocast off.
+    """
+    dtype = _autocast_dtype(x_ND)
+    x, gate, a, c, b = (t.to(dtype) for t in (x_ND, gate_S, w1, w3, w2))
+    with torch.autocast(device_type=x_ND.device.type, enabled=False):
+        return _ExpertLoop.apply(x, tok_S, gate, counts, a, c, b)
 
 
 def expert_ffn_grouped(
@@ -111,8 +186,7 @@ def expert_ffn_grouped(
     Under autocast the inputs are cast to the autocast dtype by hand (grouped_mm is not on the
     autocast lists). Needs rows of 16-byte multiples (D, F divisible by 4 in fp32, 8 in bf16).
     """
-    dev = x_SD.device.type
-    dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x_SD.dtype
+    dtype = _autocast_dtype(x_SD)
     offs = counts_E.cumsum(0).to(torch.int32)  # (E,) end row of each expert's slice
     x = x_SD.to(dtype)
     gate = torch._grouped_mm(x, w1.to(dtype).transpose(-2, -1), offs=offs)  # (S, F)
@@ -149,14 +223,13 @@ def moe_dispatch(
     counts_E = torch.zeros(E, dtype=torch.long, device=x_ND.device)
     counts_E.scatter_add_(0, flat_S, torch.ones_like(flat_S))
     tok_S = order_S // K  # (S,) token of each sorted slot
-    x_SD = x_ND[tok_S]  # (S, D)
     gate_S = weight_NK.reshape(N * K)[order_S].to(x_ND.dtype)  # (S,)
     if impl == "auto":
         impl = "grouped_mm" if x_ND.is_cuda and _grouped_ok(x_ND, w2) else "loop"
-    if impl == "grouped_mm":
-        out_SD = expert_ffn_grouped(x_SD, gate_S, counts_E, w1, w3, w2)
-    else:
-        out_SD = expert_ffn_loop(x_SD, gate_S, counts_E.tolist(), w1, w3, w2)
+    if impl == "loop":
+        y_ND = expert_ffn_loop(x_ND, tok_S, gate_S, counts_E.tolist(), w1, w3, w2)
+        return y_ND.to(x_ND.dtype), counts_E
+    out_SD = expert_ffn_grouped(x_ND[tok_S], gate_S, counts_E, w1, w3, w2)  # (S, D)
     y_ND = out_SD.new_zeros(N, D).index_add_(0, tok_S, out_SD)
     return y_ND.to(x_ND.dtype), counts_E
 
