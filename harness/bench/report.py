@@ -194,7 +194,8 @@ def _tracking(c: dict[str, Any]) -> list[str]:
         f"## {TITLES['tracking']}",
         "",
         f"One trial of {c['steps']} steps x {c['batch_tokens']} tokens (model d "
-        f"{c['model']['d_model']}, {c['model']['n_layers']} layers, synthetic data), metrics "
+        f"{c['model']['d_model']}, {c['model']['n_layers']} layers, synthetic data, "
+        f"{c.get('threads', '?')} torch thread(s) as a Ray trial given 1 CPU), metrics "
         f"every {c['log_every_steps']} steps ({c['metric_points_per_trial']} points), MLflow "
         f"flushing every {c['flush_every_s']} s to SQLite in a temporary folder, against the "
         "in-memory tracker. Wall: the whole `run_trial` call (+ attaching the MLflow run).",

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from harness.bench.timing import Summary, interleaved, summarise
 from harness.config import TrialConfig
 from harness.tracking import MemoryTracker, MLflowTracker, get_or_create_experiment, mlflow_client
@@ -45,6 +47,7 @@ class TrackShape:
     seq_len: int = 128
     val_tokens: int = 8192
     min_steps: int = 20
+    threads: int = 1  # as a Ray trial given 1 CPU runs (launch.trainable)
 
 
 def smoke_trial(steps: int, shape: TrackShape, device: str = "cpu") -> TrialConfig:
@@ -57,7 +60,7 @@ def smoke_trial(steps: int, shape: TrackShape, device: str = "cpu") -> TrialConf
                  "synthetic_tokens": 300_000, "val_tokens": shape.val_tokens},
         "train": {"tokens": steps * shape.batch_tokens, "batch_tokens": shape.batch_tokens,
                   "seq_len": shape.seq_len, "eval_every": 64 * shape.batch_tokens,
-                  "device": device},
+                  "device": device, "threads": shape.threads},
     })
 
 
@@ -84,8 +87,22 @@ def run_tracking(
     calib_steps: int = 20,
     shape: TrackShape | None = None,
 ) -> dict[str, Any]:
-    """Alternate MLflow and in-memory trials; return walls and the paired MLflow overhead."""
+    """Alternate MLflow and in-memory trials; return walls and the paired MLflow overhead.
+
+    Rounds stop early (after 2) once they have taken twice the planned ``2 * rounds * target_s``.
+    The trials set torch's thread count (``shape.threads``); it is restored afterwards.
+    """
     shape = shape or TrackShape()
+    threads = torch.get_num_threads()
+    try:
+        return _run_tracking(target_s, rounds, device, calib_steps, shape)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_tracking(
+    target_s: float, rounds: int, device: str, calib_steps: int, shape: TrackShape
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="harness-bench-track-") as tmp:
         root = Path(tmp)
         cache = root / "cache"
@@ -116,11 +133,13 @@ def run_tracking(
         fns: dict[str, Callable[[], object]] = {"mlflow": with_mlflow, "memory": in_memory}
         log.info("tracking: %d-step trials, %d rounds", steps, rounds)
         t0 = time.perf_counter()
-        t = interleaved(fns, warmup=0, repeats=rounds, sync=lambda: None)
+        t = interleaved(fns, warmup=0, repeats=rounds, sync=lambda: None,
+                        budget_s=4 * rounds * target_s, min_repeats=2)
         wall = time.perf_counter() - t0
     overhead = Summary.of([a / b - 1 for a, b in zip(t["mlflow"], t["memory"], strict=True)])
     return {
         "steps": steps,
+        "threads": shape.threads,
         "model": {k: trial.model.model_dump()[k] for k in ("d_model", "n_layers")},
         "batch_tokens": trial.train.batch_tokens,
         "log_every_steps": trial.train.log_every,
