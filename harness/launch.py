@@ -205,14 +205,46 @@ def parent_run(client: Any, experiment_id: str, sweep: SweepConfig) -> str:
     return run_id
 
 
-def finished_hashes(sweep_name: str, uri: str | None = None) -> set[str]:
-    """Trial hashes of the sweep whose runs are finished or diverged (never rerun)."""
+def finished_runs(sweep_name: str, uri: str | None = None) -> dict[str, Any]:
+    """The sweep's finished or diverged runs (never rerun), by trial hash."""
     client = mlflow_client(uri)
     exp = client.get_experiment_by_name(sweep_name)
     if exp is None:
-        return set()
+        return {}
     runs = find_runs(client, exp.experiment_id, "tags.trial_hash != ''")
-    return {r.data.tags["trial_hash"] for r in runs if r.data.tags.get("status") in DONE}
+    return {r.data.tags["trial_hash"]: r for r in runs if r.data.tags.get("status") in DONE}
+
+
+def finished_hashes(sweep_name: str, uri: str | None = None) -> set[str]:
+    """Trial hashes of the sweep whose runs are finished or diverged (never rerun)."""
+    return set(finished_runs(sweep_name, uri))
+
+
+def backfill_params(trials: list[TrialConfig], runs: dict[str, Any], uri: str | None) -> int:
+    """Log the derived params (arm, sizes, data_sha) a finished run lacks; return runs repaired.
+
+    Runs finished by harness versions that did not log them are otherwise left out of the
+    analysis, which groups runs by these params. Only missing keys are logged (MLflow params are
+    write-once).
+    """
+    from mlflow.entities import Param
+
+    from harness.data import load_data
+    from harness.train import run_params
+
+    client, repaired = None, 0
+    for trial in trials:
+        run = runs.get(trial.hash)
+        if run is None or "arm" in run.data.params:
+            continue
+        params = run_params(trial, load_data(trial.data))
+        missing = {k: v for k, v in params.items() if k not in run.data.params}
+        client = client or mlflow_client(uri)
+        client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in missing.items()])
+        repaired += 1
+    if repaired:
+        log.info("logged the missing derived params of %d finished runs", repaired)
+    return repaired
 
 
 @dataclass(frozen=True)
@@ -295,7 +327,8 @@ def submit(
     trials = sweep.expand()
     storage = storage or default_storage()
     check_storage(storage, [])  # writable, before MLflow or Ray is touched
-    done = finished_hashes(sweep.name, uri)
+    done = finished_runs(sweep.name, uri)
+    backfill_params(trials, done, uri)
     todo = [t for t in trials if t.hash not in done]
     check_storage(storage, todo)  # room for the checkpoints of what will run
     log.info("%s: %d trials, %d already finished, %d to run", sweep.name, len(trials),

@@ -175,3 +175,26 @@ def _check_ui_lists_runs(name: str, n_runs: int) -> None:
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
+
+
+def test_submit_backfills_derived_params_of_old_finished_runs(project: Path) -> None:
+    """A finished run logged without the derived params (older harness) gets them on submit."""
+    from mlflow.entities import Param
+
+    from harness.launch import backfill_params, finished_runs, submit
+
+    sweep = load_sweep(write_sweep(project, "old", {"optim.lr": [3e-3]}))
+    (trial,) = sweep.expand()
+    client = mlflow_client()
+    exp = client.create_experiment("old")
+    tags = {"trial_hash": trial.hash, "status": "finished"}
+    run_id = client.create_run(exp, tags=tags).info.run_id
+    client.log_batch(run_id, params=[Param(k, str(v)) for k, v in trial.flat().items()])
+
+    summary = submit(sweep)  # nothing to run: the trial is finished
+    assert summary.skipped == 1 and summary.finished == 0
+    params = client.get_run(run_id).data.params
+    assert params["arm"] == trial.optim.arm
+    assert params["params_active"] == str(trial.model.param_counts().active)
+    assert params["sparsity"] == str(trial.model.sparsity) and len(params["data_sha"]) == 12
+    assert backfill_params([trial], finished_runs("old"), None) == 0  # complete runs untouched
