@@ -140,9 +140,11 @@ def section(result: Study, rel: str) -> str:
     if result.description:
         lines += [md(result.description.strip()), ""]
     lines += [md(result.summary), ""]
-    for f in result.findings:
-        lines.append(f"- {md(f.text)}" + (f" *Published: {md(f.reference)}.*" if f.reference
-                                          else ""))
+    refs = [f.reference for f in result.findings]
+    for i, f in enumerate(result.findings):
+        # a published number shared by consecutive findings is quoted once, after the last
+        last = f.reference and (i + 1 == len(refs) or refs[i + 1] != f.reference)
+        lines.append(f"- {md(f.text)}" + (f" *Published: {md(f.reference)}.*" if last else ""))
     lines.append("")
     for job in result.figures:
         lines += [f"![{job.name}]({rel}/{job.name}.png)", "", f"*{md(job.caption)}*", ""]

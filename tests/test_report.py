@@ -266,3 +266,15 @@ def test_logits_study_reports_clipping_and_divergence() -> None:
     assert any("2 runs diverged" in t for t in texts)
     table = result.tables["max_logit"]
     assert set(table["status"]) == {"finished", "diverged"} and table["tau"].max() == 10.0
+
+
+def test_a_published_number_is_quoted_once_per_run_of_findings() -> None:
+    from analysis.report import section
+    from analysis.studies import Finding, Study
+
+    findings = (Finding("a", "K2 says x"), Finding("b", "K2 says x"), Finding("c"),
+                Finding("d", "K2 says x"), Finding("e", "Moonlight says y"))
+    text = section(Study("s", "curves", "", "1 run.", findings, {}, ()), "s")
+    bullets = [line for line in text.splitlines() if line.startswith("- ")]
+    assert bullets == ["- a", "- b *Published: K2 says x.*", "- c",
+                       "- d *Published: K2 says x.*", "- e *Published: Moonlight says y.*"]
