@@ -43,12 +43,12 @@ class Plan:
 
     mode: str
     moe: MoEShape = field(default_factory=MoEShape)
-    moe_rounds: tuple[int, int] = (1, 7)  # (warm-up, repeats)
+    moe_rounds: tuple[int, int] = (2, 15)  # (warm-up, repeats): the case is short and noisy
     moe_budget_s: float = 60.0
     train: TrainShape = field(default_factory=lambda: TrainShape(model=REFERENCE_MODEL))
     train_rounds: tuple[int, int] = (1, 5)
     train_budget_s: float = 90.0
-    muon_rounds: tuple[int, int] = (1, 7)
+    muon_rounds: tuple[int, int] = (1, 11)
     muon_budget_s: float = 30.0
     track_target_s: float = 20.0
     track_rounds: int = 4
