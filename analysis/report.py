@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from analysis.claims import Headline, summary_table
 from analysis.collect import collect, sweep_names
 from analysis.plots import render
 from analysis.studies import Study, study
@@ -154,6 +155,23 @@ def section(result: Study, rel: str) -> str:
     return "\n".join(lines)
 
 
+def summary_section(headlines: list[Headline]) -> list[str]:
+    """The claims table at the top of the report (nothing when no study has a headline)."""
+    table = summary_table(headlines)
+    if not table:
+        return []
+    return ["## Summary: the published claims, tested small", "", SUMMARY_INTRO, "", table, ""]
+
+
+SUMMARY_INTRO = (
+    "One row per claim a study tests (details, figures and every fit in the study's section "
+    "below). *Here*: the compute multiplier of the arm over the study's baseline (C_base(L*) / "
+    "C_arm(L*); above 1x the arm needs fewer FLOPs for the same loss) with its 95% run-bootstrap "
+    "interval, or the max-logit figures. *Verdict*: the interval against 1x in the direction the "
+    "claim predicts (`analysis.claims`)."
+)
+
+
 def _failed_section(name: str, reason: str) -> str:
     return f"## {name}\n\n- Not analysed: {reason}.\n"
 
@@ -190,6 +208,7 @@ def make_all(experiments: list[str] | None = None, *, refresh: bool = False,
         fetch = set(experiments) if refresh else set(experiments) - set(cached)
     written: list[Path] = []
     sections: list[str] = []
+    headlines: list[Headline] = []
     for name in targets:
         try:
             if name in fetch and not _store_exists(uri):
@@ -209,11 +228,12 @@ def make_all(experiments: list[str] | None = None, *, refresh: bool = False,
             result = replace(result, summary=f"{result.summary} {info.note}")
         written += write_study(result, out_dir / name)
         sections.append(section(result, name))
+        headlines += result.headlines
     report = out_dir / "report.md"
     out_dir.mkdir(parents=True, exist_ok=True)
     header = HEADER.format(n=len(targets), names=", ".join(targets) or "none",
                            cache=f"{out_dir.name}/{CACHE}")
-    report.write_text("\n".join([header, *sections]).rstrip() + "\n")
+    report.write_text("\n".join([header, *summary_section(headlines), *sections]).rstrip() + "\n")
     written.append(report)
     log.info("wrote %d files under %s", len(written), out_dir)
     return written

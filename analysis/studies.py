@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
+from analysis.claims import Headline, logits_headline, multiplier_headlines
 from analysis.collect import Collected
 from analysis.fitcore import bootstrap_weights, group_codes
 from analysis.laws import (
@@ -49,7 +50,15 @@ from analysis.plots import (
     plot_max_logit,
     plot_multipliers,
 )
-from analysis.points import FitPoints, Runs, annotate, fit_points, same_value, select_best
+from analysis.points import (
+    FitPoints,
+    Runs,
+    annotate,
+    fit_points,
+    fmt_value,
+    same_value,
+    select_best,
+)
 from analysis.references import K2_MONOTONE, reference
 from analysis.telemetry import imbalance_summary, max_logit_summary
 from harness.sweep import AnalysisSpec
@@ -84,6 +93,7 @@ class Study:
     findings: tuple[Finding, ...]
     tables: Mapping[str, pd.DataFrame]
     figures: tuple[FigureJob, ...]
+    headlines: tuple[Headline, ...] = ()  # rows of the report's summary (``analysis.claims``)
 
 
 @dataclass
@@ -371,8 +381,10 @@ def traces(runs: Runs, curves: pd.DataFrame, order: list[str], parts: Parts, tit
 
 
 def _baseline(runs: Runs, spec: AnalysisSpec, order: list[str], parts: Parts) -> str:
+    """The spec's baseline arm; else the arm without the feature ("none"); else the first."""
     if spec.baseline is None or not order:
-        return order[0] if order else ""
+        plain = [label for label in order if fmt_value(runs.value_of(label)) == "none"]
+        return plain[0] if plain else order[0] if order else ""
     for label in order:
         if same_value(runs.value_of(label), spec.baseline):
             return label
@@ -423,5 +435,8 @@ def study(name: str, collected: Collected, spec: AnalysisSpec, axes: list[str] |
             if c is not None and c in runs.frame.columns]
     tables = {"runs": runs.frame[keep].rename(columns={"arm_label": "arm"}),
               "points": points.frame, **parts.tables}
-    return Study(name, spec.kind, description, summary, tuple(parts.findings), tables,
-                 tuple(parts.figures))
+    result = Study(name, spec.kind, description, summary, tuple(parts.findings), tables,
+                   tuple(parts.figures))
+    heads = (logits_headline(result, base) if spec.kind == "logits"
+             else multiplier_headlines(result, runs.arm_column, base))
+    return replace(result, headlines=tuple(heads))

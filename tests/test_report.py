@@ -278,3 +278,14 @@ def test_a_published_number_is_quoted_once_per_run_of_findings() -> None:
     bullets = [line for line in text.splitlines() if line.startswith("- ")]
     assert bullets == ["- a", "- b *Published: K2 says x.*", "- c",
                        "- d *Published: K2 says x.*", "- e *Published: Moonlight says y.*"]
+
+
+def test_summary_row_gives_the_planted_multiplier_and_agrees(made: Made) -> None:
+    """The claims table at the top reads the multiplier sweep: 1.5x planted, Muon claim agrees."""
+    summary = made.report.split("## Summary")[1].split("\n## ")[0]
+    row = next(line for line in summary.splitlines() if line.startswith("| mult |"))
+    ratio, lo, hi = map(float, re.search(r"muon over adamw: ([\d.]+)x \(([\d.]+)-([\d.]+)\)",
+                                         row).groups())
+    assert lo <= MUON_MULTIPLIER <= hi and lo <= ratio <= hi and lo > 1.0
+    assert "| agrees |" in row
+    assert made.report.index("## Summary") < made.report.index("## mult")
