@@ -126,3 +126,17 @@ def test_muonclip_has_off_k2_and_small_tau() -> None:
     taus = {t.optim.qk_clip_tau for t in ts}
     assert None in taus and 100 in taus and any(x is not None and x < 100 for x in taus)
     assert all(t.optim.name == "muon" for t in ts)
+
+
+def test_sparsity_balanced_profile_changes_only_the_bias_step() -> None:
+    """The follow-up reruns a subset of the CPU sparsity trials with a 10x faster bias step."""
+    plain = {(t.model.moe.n_routed_experts, t.train.tokens): t for t in trials("sparsity")}
+    balanced = trials("sparsity", "balanced")
+    assert load_sweep(ROOT / "sweeps" / "sparsity.yaml", "balanced").name == "sparsity-balanced"
+    assert {1, 32} <= {t.model.sparsity for t in balanced}
+    for t in balanced:
+        twin = plain[(t.model.moe.n_routed_experts, t.train.tokens)]
+        assert t.model.moe.bias_update_rate == 10 * twin.model.moe.bias_update_rate
+        moe = t.model.moe.model_copy(update={"bias_update_rate": twin.model.moe.bias_update_rate})
+        assert t.model_copy(update={"model": t.model.model_copy(update={"moe": moe})}) == twin
+    assert sum(t.total_flops for t in balanced) <= CPU_FLOP_BUDGET
