@@ -36,6 +36,7 @@ from analysis.power_law import (
     refit_power_curves,
 )
 from analysis.sparsity import (
+    FRONTIERS,
     FlopRatio,
     MultiplierCurve,
     SparsityLawFit,
@@ -44,6 +45,7 @@ from analysis.sparsity import (
 )
 
 __all__ = [
+    "FRONTIERS",
     "ChinchillaFit",
     "ClarkFit",
     "ExtrapolationCheck",

@@ -183,18 +183,43 @@ class MultiplierCurve:
     fit_b: PowerCurves = field(repr=False)
     shared_exponent: bool
     n_boot_ok: int
+    frontier: str = "separate"  # which of FRONTIERS was fitted
 
 
-def _frontiers(ca: pd.DataFrame, cb: pd.DataFrame, shared: bool,
+FRONTIERS: dict[str, str] = {
+    "separate": "separate exponents",
+    "shared": "a shared exponent",
+    "shared_floor": "a shared exponent and floor",
+    "no_floor": "a shared exponent and no floor (pure power laws)",
+}
+"""Frontier models, most flexible first: each arm its own L = E + A C^-alpha; one alpha with
+per-arm E and A; one alpha and one E (the joint form of the K2 sparsity law); L = A_k C^-alpha."""
+
+
+def _frontiers(ca: pd.DataFrame, cb: pd.DataFrame, model: str,
                delta: float) -> tuple[PowerCurves, PowerCurves]:
-    if shared:
-        both = pd.concat([ca, cb])
-        arm = np.r_[np.zeros(len(ca), int), np.ones(len(cb), int)]
-        joint = fit_power_curves(both["flops"], both["loss"], arm, shared_floor=False,
-                                 delta=delta)
-        return joint, joint
-    return (fit_power_curves(ca["flops"], ca["loss"], delta=delta),
-            fit_power_curves(cb["flops"], cb["loss"], delta=delta))
+    if model == "separate":
+        return (fit_power_curves(ca["flops"], ca["loss"], delta=delta),
+                fit_power_curves(cb["flops"], cb["loss"], delta=delta))
+    if model == "no_floor" and min(ca["flops"].nunique(), cb["flops"].nunique()) < 3:
+        raise FitError("fewer than 3 distinct compute values in an arm")
+    both = pd.concat([ca, cb])
+    arm = np.r_[np.zeros(len(ca), int), np.ones(len(cb), int)]
+    joint = fit_power_curves(both["flops"], both["loss"], arm, floor=model != "no_floor",
+                             shared_floor=model == "shared_floor", delta=delta)
+    return joint, joint
+
+
+def _first_identified(ca: pd.DataFrame, cb: pd.DataFrame, models: list[str],
+                      delta: float) -> tuple[PowerCurves, PowerCurves, str]:
+    """The first frontier model in ``models`` that is identified on these points."""
+    errors = []
+    for model in models:
+        try:
+            return (*_frontiers(ca, cb, model, delta), model)
+        except FitError as e:
+            errors.append(f"{FRONTIERS[model]}: {e}")
+    raise FitError("; ".join(errors) if len(errors) > 1 else str(errors[0]).split(": ", 1)[1])
 
 
 def compute_multiplier(curves_a: pd.DataFrame, curves_b: pd.DataFrame, L_star: ArrayLike, *,
@@ -205,7 +230,8 @@ def compute_multiplier(curves_a: pd.DataFrame, curves_b: pd.DataFrame, L_star: A
 
     ``curves_a`` / ``curves_b``: columns ``run``, ``flops``, ``loss``. Each arm gets its own
     L = E + A C^-alpha, or (``shared_exponent``) one alpha with per-arm E and A; None tries
-    separate fits and falls back to the shared exponent when either is not identified.
+    separate fits and falls back, while a model is not identified, to a shared exponent, then a
+    shared exponent and floor, then pure power laws with a shared exponent (``FRONTIERS``).
     An L* is answered (else NaN and a reason) only if it is above both floors and each C(L*)
     lies within the arm's compute range widened by ``max_extrapolation`` decades on each side.
     Intervals: ``n_boot`` replicates resampling runs within each arm. Raises :class:`FitError`
@@ -213,13 +239,10 @@ def compute_multiplier(curves_a: pd.DataFrame, curves_b: pd.DataFrame, L_star: A
     """
     ca, cb = (_columns(c, ("run", "flops", "loss")) for c in (curves_a, curves_b))
     stars = np.atleast_1d(np.asarray(L_star, dtype=np.float64))
-    if shared_exponent is None:
-        try:
-            fa, fb, shared = *_frontiers(ca, cb, False, delta), False
-        except FitError:
-            fa, fb, shared = *_frontiers(ca, cb, True, delta), True
-    else:
-        fa, fb, shared = *_frontiers(ca, cb, shared_exponent, delta), shared_exponent
+    models = (list(FRONTIERS) if shared_exponent is None
+              else ["shared"] if shared_exponent else ["separate"])
+    fa, fb, model = _first_identified(ca, cb, models, delta)
+    shared = model != "separate"
     ia, ib = (0, 1) if shared else (0, 0)
     ratio = fb.compute_for_loss(stars, ib) / fa.compute_for_loss(stars, ia)
     widen = 10.0**max_extrapolation
@@ -258,4 +281,4 @@ def compute_multiplier(curves_a: pd.DataFrame, curves_b: pd.DataFrame, L_star: A
             n_ok = int(np.sum(np.all(np.isfinite(rs[:, valid]), axis=1)))
             lo[valid], hi[valid] = np.nanpercentile(rs[:, valid], [2.5, 97.5], axis=0)
     return MultiplierCurve(tuple(stars.tolist()), tuple(ratio.tolist()), tuple(lo.tolist()),
-                           tuple(hi.tolist()), tuple(reasons), fa, fb, shared, n_ok)
+                           tuple(hi.tolist()), tuple(reasons), fa, fb, shared, n_ok, model)

@@ -32,6 +32,7 @@ from analysis.claims import Headline, logits_headline, multiplier_headlines
 from analysis.collect import Collected
 from analysis.fitcore import bootstrap_weights, group_codes
 from analysis.laws import (
+    FRONTIERS,
     FitError,
     PowerLawFit,
     compute_multiplier,
@@ -297,9 +298,10 @@ def multipliers(runs: Runs, points: FitPoints, order: list[str], base: str, n_bo
         for s, r, lo, hi, why in zip(curve.L_star, curve.ratio, curve.lo, curve.hi,
                                      curve.reason, strict=True):
             rows.append({"arm": label, "baseline": base, "L_star": s, "ratio": r, "lo": lo,
-                         "hi": hi, "shared_exponent": curve.shared_exponent, "reason": why})
+                         "hi": hi, "shared_exponent": curve.shared_exponent,
+                         "frontier": curve.frontier, "reason": why})
         ok = [i for i, why in enumerate(curve.reason) if not why]
-        how = "a shared exponent" if curve.shared_exponent else "separate exponents"
+        how = FRONTIERS[curve.frontier]
         if not ok:
             parts.say(f"No compute multiplier of {label} over {base}: {curve.reason[0]}.", ref)
             continue

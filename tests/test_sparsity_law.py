@@ -126,3 +126,24 @@ def test_compute_multiplier_shares_the_exponent_when_data_are_thin() -> None:
     np.testing.assert_allclose(curve.ratio, 1.69, rtol=0.03)
     with pytest.raises(FitError, match="columns"):
         compute_multiplier(thin_a.drop(columns="loss"), full_b, 2.6)
+
+
+def test_multiplier_falls_back_to_pure_power_laws_when_no_floor_is_identified() -> None:
+    """Three budgets per arm on floorless laws L = A (m C)^-alpha: every floored frontier puts E
+    at 0, so the multiplier comes from shared-exponent power laws and recovers m."""
+    C = np.repeat([1e12, 3e12, 1e13], 2)
+
+    def arm(m: float, tag: str) -> pd.DataFrame:
+        loss = 40.0 * (m * C) ** -0.1
+        return pd.DataFrame({"run": [f"{tag}{i}" for i in range(len(C))], "flops": C,
+                             "loss": loss})
+
+    a, b = arm(1.5, "a"), arm(1.0, "b")
+    star = float(np.median(b["loss"]))
+    curve = compute_multiplier(a, b, star, n_boot=50)
+    assert curve.frontier == "no_floor" and curve.shared_exponent
+    assert curve.reason == ("",)
+    assert abs(curve.ratio[0] - 1.5) < 0.01
+    assert curve.lo[0] - 0.01 <= 1.5 <= curve.hi[0] + 0.01
+    with pytest.raises(FitError, match="3 distinct compute values"):
+        compute_multiplier(a[a["flops"] < 1e13], b[b["flops"] < 1e13], star, n_boot=0)
