@@ -40,6 +40,9 @@ def test_tiny_bench_writes_every_case_and_goal(tmp_path: Path) -> None:
     train = cases["train_step"]
     assert train["hf_max_abs_logit_diff"] < 1e-4
     assert set(train["mfu"]) == {"ours_adamw", "ours_muon", "hf_adamw"}
+    pairs = train["hf_impl_s"]  # every HF attention/experts pair the MoE case ran, timed once
+    assert {"sdpa/eager", "sdpa/grouped_mm", "eager/eager", "eager/grouped_mm"} <= set(pairs)
+    assert pairs[f"{train['hf_attention']}/{train['hf_experts']}"] == min(pairs.values())
     assert 0 < train["optimizer_share"]["ours_muon"]["median"] < 1
     assert cases["muon"]["parity_max_abs_diff_bf16"] == 0.0
     assert cases["tracking"]["metric_points_per_trial"] > 0

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.bench.hf import hf_model_from_ours
+from harness.bench.hf import hf_model_from_ours, set_experts_impl
 from harness.bench.profiling import top_ops
 from harness.bench.timing import Summary, gemm_flops_per_s, interleaved, summarise, synchronizer
 from harness.config import ModelConfig, OptimConfig, TrialConfig
@@ -145,18 +145,24 @@ class _HFStep:
         self.step += 1
 
 
-def _pick_attention(step: _HFStep, sync: Callable[[], None]) -> dict[str, float]:
-    """Time one step per HF attention implementation (after a warm one); keep the fastest."""
+def _pick_hf(step: _HFStep, sync: Callable[[], None],
+             experts_impls: tuple[str, ...]) -> dict[str, float]:
+    """Time one step per HF (attention, experts) implementation pair after a warm one; keep the
+    fastest pair (the fastest ``transformers`` path of this step). Keys: ``attention/experts``."""
     seconds: dict[str, float] = {}
-    for impl in ("sdpa", "eager"):
-        step.hf.set_attn_implementation(impl)
-        step()
-        sync()
-        t0 = time.perf_counter()
-        step()
-        sync()
-        seconds[impl] = time.perf_counter() - t0
-    step.hf.set_attn_implementation(min(seconds, key=seconds.__getitem__))
+    for attn in ("sdpa", "eager"):
+        step.hf.set_attn_implementation(attn)
+        for experts in experts_impls:
+            set_experts_impl(step.hf.config, experts)
+            step()
+            sync()
+            t0 = time.perf_counter()
+            step()
+            sync()
+            seconds[f"{attn}/{experts}"] = time.perf_counter() - t0
+    attn, experts = min(seconds, key=seconds.__getitem__).split("/")
+    step.hf.set_attn_implementation(attn)
+    set_experts_impl(step.hf.config, experts)
     return seconds
 
 
@@ -181,7 +187,7 @@ def run_train_step(
     repeats: int,
     budget_s: float | None = None,
     hf: bool = True,
-    hf_experts_impl: str = "grouped_mm",
+    hf_experts_impls: tuple[str, ...] = ("eager", "grouped_mm"),
     profile: bool = False,
 ) -> dict[str, Any]:
     """Time the step of each arm with a same-round GEMM; return tokens/s, MFU, shares.
@@ -206,13 +212,13 @@ def run_train_step(
                                        opt_s[f"ours_{name}"])
     extra: dict[str, Any] = {}
     if hf:
-        model = hf_model_from_ours(trainers["adamw"].model, hf_experts_impl).train()
+        model = hf_model_from_ours(trainers["adamw"].model, hf_experts_impls[0]).train()
         extra["hf_max_abs_logit_diff"] = _logit_diff(trainers["adamw"], model, data, shape.seq_len)
         hf_step = _HFStep(model, data, shape, device, trainers["adamw"].trial.optim,
                           trainers["adamw"].trial.train.grad_clip)
-        extra["hf_attention_s"] = _pick_attention(hf_step, sync)
+        extra["hf_impl_s"] = _pick_hf(hf_step, sync, hf_experts_impls)
         extra["hf_attention"] = model.config._attn_implementation
-        extra["hf_experts"] = hf_experts_impl
+        extra["hf_experts"] = model.config._experts_implementation
         fns["hf_adamw"] = hf_step
     log.info("train step: %s x %d rounds", ", ".join(fns), repeats)
     cpu: dict[str, list[float]] = {}
