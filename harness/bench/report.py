@@ -147,7 +147,8 @@ def _train(c: dict[str, Any]) -> list[str]:
             f"Ours (AdamW) over HF (AdamW) tokens/s: {_sum(c['ours_over_hf_tokens_per_s'], 'x')}."
             f" HF ran with experts `{c['hf_experts']}` and attention `{c['hf_attention']}` (the "
             "fastest of one timed step per attention/experts pair: "
-            + ", ".join(f"{k} {v:.3g} s" for k, v in c["hf_impl_s"].items())
+            + ", ".join(f"{k} {v:.3g} s"
+                        for k, v in (c.get("hf_impl_s") or c.get("hf_attention_s", {})).items())
             + f"); max |logit difference| on our weights {_f(c['hf_max_abs_logit_diff'])}.",
             "",
         ]
