@@ -178,32 +178,39 @@ def multiplier_headlines(study: Study, column: str, base: str) -> list[Headline]
 
 
 def logits_headline(study: Study, base: str) -> list[Headline]:
-    """Summary row of the max-logit study: peak logits per arm, loss change of clipped arms."""
+    """Summary row of the max-logit study: logits per arm, loss change of clipped arms.
+
+    The logged max logit is the forward pass's, before that step's clip, so a clipped run reads
+    tau plus one optimizer step's growth on the steps that trigger; the cap holds when the clipped
+    arms' mean over the last quarter of training stays within 25% of tau.
+    """
     logits = study.tables.get("max_logit")
     if logits is None or not len(logits):
         return []
-    peaks = logits.groupby("arm")["peak"].median()
-    taus = logits.groupby("arm")["tau"].first()
-    parts = [f"{arm} {peak:.0f}" for arm, peak in peaks.items()]
-    capped = [arm for arm, tau in taus.items() if pd.notna(tau)]
-    held = all(peaks[a] <= 1.05 * taus[a] for a in capped)
-    grew = base in peaks and any(peaks[base] > taus[a] for a in capped)
+    by_arm = logits.groupby("arm").agg(
+        peak=("peak", "median"), late=("last_quarter_mean", "median"), tau=("tau", "first"))
+    capped = by_arm[by_arm["tau"].notna()]
+    held = bool(len(capped)) and bool((capped["late"] <= 1.25 * capped["tau"]).all())
+    grew = bool(len(capped)) and base in by_arm.index and (
+        by_arm.loc[base, "peak"] > capped["tau"].max())
+    parts = [f"{arm} {r['peak']:.0f} peak, {r['late']:.0f} late" for arm, r in by_arm.iterrows()]
     changes = study.tables.get("final_loss_changes")
     loss = ""
     if changes is not None and len(changes):
-        by_arm = changes.groupby("arm")["rel_change"].agg(["mean", "min", "max"])
-        loss = "; final val loss vs no clip: " + ", ".join(
+        stats = changes.groupby("arm")["rel_change"].agg(["mean", "min", "max"])
+        loss = f"; final val loss vs {base}: " + ", ".join(
             f"{arm} {r['mean']:+.2%} ({r['min']:+.2%} to {r['max']:+.2%})"
-            for arm, r in by_arm.iterrows())
-    if not capped:
+            for arm, r in stats.iterrows())
+    if not len(capped):
         v = "no clipped arm"
     elif held and grew:
         v = "agrees: without the clip logits pass tau, with it they stay at tau"
     elif held:
-        v = "partly: the clip holds, but unclipped logits never reached tau"
+        v = "partly: the clip holds, but unclipped logits never passed tau"
     else:
-        v = "disagrees: clipped logits exceeded tau"
-    ours = f"peak max logit (median over runs) {', '.join(parts)}{loss}"
+        v = "disagrees: clipped logits stayed above tau"
+    ours = (f"max attention logit (median over runs; late = mean over the last quarter): "
+            f"{', '.join(parts)}{loss}")
     return [Headline(study.name, LOGITS_CLAIM, ours, v,
                      "" if v.startswith("agrees") else LOGITS_DIFFER)]
 

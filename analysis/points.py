@@ -145,7 +145,9 @@ def annotate(runs: pd.DataFrame, spec: AnalysisSpec, axes: Sequence[str] | None)
     budget = [c for c in (BUDGET_AXIS, spec.size) if c is not None and c in frame.columns]
     frame["budget"] = frame[budget or ["flops"]].map(str).agg("|".join, axis=1)
     loss = pd.to_numeric(frame.get("final_val_loss"), errors="coerce")
-    known = frame[column].notna() if column in frame.columns else True  # arm value logged
+    # runs of an older harness without the derived params are left out; an arm value that is
+    # None (a feature off, e.g. qk_clip_tau) is an arm of its own
+    known = frame["arm"].notna() if "arm" in frame.columns else True
     frame["usable"] = (frame["status"] == "finished") & np.isfinite(loss.to_numpy(float)) & known
     frame["selected"] = frame["usable"]
     return Runs(frame, column, arm_axes, cond_axes, tuple(notes))

@@ -60,14 +60,16 @@ def test_multiplier_headline_falls_back_to_paired_losses() -> None:
 
 def test_logits_headline_needs_growth_without_clip_and_a_held_cap() -> None:
     logits = pd.DataFrame({"arm": ["tau=none", "tau=none", "tau=30", "tau=100"],
-                           "peak": [400.0, 600.0, 31.0, 100.0], "tau": [np.nan, np.nan, 30, 100]})
+                           "peak": [400.0, 600.0, 50.0, 160.0],  # pre-clip: above tau early
+                           "last_quarter_mean": [300.0, 350.0, 31.0, 101.0],
+                           "tau": [np.nan, np.nan, 30, 100]})
     (row,) = logits_headline(fake_study(max_logit=logits), "tau=none")
     assert row.claim == LOGITS_CLAIM and row.verdict.startswith("agrees")
-    assert "tau=none 500" in row.ours
-    over = logits.assign(peak=[400.0, 600.0, 45.0, 100.0])
+    assert "tau=none 500 peak, 325 late" in row.ours
+    over = logits.assign(last_quarter_mean=[300.0, 350.0, 45.0, 101.0])
     assert logits_headline(fake_study(max_logit=over), "tau=none")[0].verdict.startswith(
         "disagrees")
-    low = logits.assign(peak=[20.0, 25.0, 20.0, 20.0])
+    low = logits.assign(peak=[20.0, 25.0, 20.0, 20.0], last_quarter_mean=20.0)
     assert logits_headline(fake_study(max_logit=low), "tau=none")[0].verdict.startswith("partly")
 
 

@@ -289,3 +289,16 @@ def test_summary_row_gives_the_planted_multiplier_and_agrees(made: Made) -> None
     assert lo <= MUON_MULTIPLIER <= hi and lo <= ratio <= hi and lo > 1.0
     assert "| agrees |" in row
     assert made.report.index("## Summary") < made.report.index("## mult")
+
+
+def test_logits_study_keeps_the_unclipped_arm_as_its_baseline() -> None:
+    """qk_clip_tau None (plain Muon) is an arm of its own, the baseline of a logits study."""
+    trials = [{"optim": {"name": "muon"}}, {"optim": {"name": "muon", "qk_clip_tau": 30}}]
+    result = study("clip", synthetic(trials, 2), AnalysisSpec(kind="logits",
+                                                              arm="optim.qk_clip_tau"), n_boot=0)
+    runs = result.tables["runs"]
+    assert runs["selected"].all() and set(runs["arm"]) == {"qk_clip_tau=none", "qk_clip_tau=30"}
+    changes = result.tables["final_loss_changes"]
+    assert set(changes["baseline"]) == {"qk_clip_tau=none"}
+    (head,) = result.headlines
+    assert "qk_clip_tau=none" in head.ours and head.verdict.startswith("agrees")
