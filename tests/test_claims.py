@@ -79,3 +79,14 @@ def test_summary_table_escapes_pipes() -> None:
     table = summary_table(rows)
     assert table.count("\n") == 2 and all(line.count("|") == 6 for line in table.splitlines())
     assert summary_table([]) == ""
+
+
+def test_an_iso_token_claim_is_judged_on_paired_losses_next_to_the_multiplier() -> None:
+    mult = pd.DataFrame({"arm": ["n_heads=8"], "baseline": "n_heads=4", "L_star": [1.5],
+                         "ratio": [0.7], "lo": [0.6], "hi": [0.8], "reason": [None]})
+    changes = pd.DataFrame({"arm": ["n_heads=8"] * 3, "baseline": "n_heads=4",
+                            "rel_change": [-0.02, -0.01, -0.005]})
+    study = fake_study(multipliers=mult, final_loss_changes=changes)
+    (row,) = multiplier_headlines(study, "model.attention.n_heads", "n_heads=4")
+    assert row.verdict == "agrees"  # lower loss at equal tokens in every pair
+    assert "at equal tokens" in row.ours and "0.70x (0.60-0.80)" in row.ours
