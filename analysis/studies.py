@@ -440,5 +440,6 @@ def study(name: str, collected: Collected, spec: AnalysisSpec, axes: list[str] |
     result = Study(name, spec.kind, description, summary, tuple(parts.findings), tables,
                    tuple(parts.figures))
     heads = (logits_headline(result, base) if spec.kind == "logits"
-             else multiplier_headlines(result, runs.arm_column, base))
+             else multiplier_headlines(result, runs.arm_column, base)
+             if spec.kind in ("multiplier", "sparsity") else [])  # curves: no claim tested
     return replace(result, headlines=tuple(heads))
