@@ -133,10 +133,10 @@ def _loss_change(study: Study, label: str,
     """Final val loss change of the arm over paired baseline runs (same tokens and settings):
     (text, min, max); the text says when no multiplier could be fitted."""
     table = study.tables.get("final_loss_changes")
-    if table is None or not len(table) or not (table["arm"] == label).any():
+    mine = table[table["arm"] == label] if table is not None and len(table) else None
+    if mine is None or mine.empty:
         return None
-    rel = table.loc[table["arm"] == label, "rel_change"]
-    base = table.loc[table["arm"] == label, "baseline"].iloc[0]
+    rel, base = mine["rel_change"], mine["baseline"].iloc[0]
     none = "" if multiplier else "; no multiplier could be fitted"
     text = (f"{label} vs {base} at equal tokens: final val loss {rel.mean():+.2%} "
             f"({rel.min():+.2%} to {rel.max():+.2%} over {len(rel)} paired runs{none})")

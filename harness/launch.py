@@ -215,11 +215,6 @@ def finished_runs(sweep_name: str, uri: str | None = None) -> dict[str, Any]:
     return {r.data.tags["trial_hash"]: r for r in runs if r.data.tags.get("status") in DONE}
 
 
-def finished_hashes(sweep_name: str, uri: str | None = None) -> set[str]:
-    """Trial hashes of the sweep whose runs are finished or diverged (never rerun)."""
-    return set(finished_runs(sweep_name, uri))
-
-
 def backfill_params(trials: list[TrialConfig], runs: dict[str, Any], uri: str | None) -> int:
     """Log the derived params (arm, sizes, data_sha) a finished run lacks; return runs repaired.
 
