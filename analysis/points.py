@@ -30,9 +30,8 @@ import numpy as np
 import pandas as pd
 from pydantic import ValidationError
 
-from harness.config import TrainConfig
+from harness.config import AnalysisSpec, TrainConfig
 from harness.schedule import warmup_steps
-from harness.sweep import AnalysisSpec
 
 MIN_BUDGETS = 3
 """Distinct budgets every arm needs before fits use one final point per run."""

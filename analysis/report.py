@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,11 +24,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from analysis.claims import Headline, summary_table
-from analysis.collect import collect, sweep_names
+from analysis.collect import collect
 from analysis.plots import render
 from analysis.studies import Study, study
-from harness.sweep import AnalysisSpec, SweepConfig
-from harness.tracking import default_tracking_uri, find_runs, mlflow_client
+from harness.config import AnalysisSpec, NotFoundError, SweepConfig
+from harness.store import Store, default_tracking_uri, store_exists
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +36,13 @@ RESULTS = Path("results")
 CACHE = "cache"
 
 
-def _store_exists(uri: str | None) -> bool:
-    """False for a SQLite store whose file is missing (opening it would create an empty one)."""
-    uri = uri or default_tracking_uri()
-    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).exists()
-
-
 def mlflow_sweeps(uri: str | None) -> list[str]:
     """Sweeps in the MLflow store; [] (with a warning) when it is missing or unreachable."""
-    if not _store_exists(uri):
+    if not store_exists(uri):
         log.warning("no MLflow store at %s: using the cache only", uri or default_tracking_uri())
         return []
     try:
-        return sweep_names(uri)
+        return Store(uri).sweep_names()
     except Exception as e:  # the MLflow client raises many types for an unreachable store
         log.warning("MLflow store unreachable (%s): using the cache only", e)
         return []
@@ -73,18 +66,11 @@ class SweepInfo:
 
 
 def _fetch_sweep_json(name: str, uri: str | None) -> str | None:
-    """The ``sweep.json`` artifact of the sweep's parent run (``harness.launch.parent_run``)."""
+    """The sweep record of the parent run (:meth:`harness.store.Store.read_sweep_record`)."""
     from mlflow.exceptions import MlflowException
 
-    client = mlflow_client(uri)
     try:
-        exp = client.get_experiment_by_name(name)
-        parents = find_runs(client, exp.experiment_id, "tags.kind = 'sweep'") if exp else []
-        if not parents:
-            return None
-        with tempfile.TemporaryDirectory() as tmp:
-            path = client.download_artifacts(parents[0].info.run_id, "sweep.json", tmp)
-            return Path(path).read_text()
+        return Store(uri).read_sweep_record(name)
     except (MlflowException, OSError) as e:
         log.warning("could not read sweep.json of %s: %s", name, e)
         return None
@@ -194,7 +180,7 @@ def make_all(experiments: list[str] | None = None, *, refresh: bool = False,
     ``experiments``: sweeps to collect (from MLflow when ``refresh`` or not cached yet); None =
     every sweep in the MLflow store at ``uri`` plus every sweep cached under ``out_dir/cache``.
     Sweeps cached but not named are re-analysed from their cache, so report.md always covers
-    all of them. ``n_boot``: bootstrap replicates per fit. Raises LookupError when a named sweep
+    all of them. ``n_boot``: bootstrap replicates per fit. Raises NotFoundError when a named sweep
     is neither in MLflow nor in the cache; a failed fit is a sentence in the report instead.
     """
     cache_dir = out_dir / CACHE
@@ -211,13 +197,13 @@ def make_all(experiments: list[str] | None = None, *, refresh: bool = False,
     headlines: list[Headline] = []
     for name in targets:
         try:
-            if name in fetch and not _store_exists(uri):
-                raise LookupError(f"no MLflow store at {uri or default_tracking_uri()}")
+            if name in fetch and not store_exists(uri):
+                raise NotFoundError(f"no MLflow store at {uri or default_tracking_uri()}")
             collected = collect(name, uri, refresh=name in fetch, cache_dir=cache_dir)
-        except LookupError as e:
+        except NotFoundError as e:
             if experiments is not None and name in experiments:
                 known = ", ".join(cached) or "none cached"
-                raise LookupError(f"sweep '{name}': {e}; cached: {known}") from None
+                raise NotFoundError(f"sweep '{name}': {e}; cached: {known}") from None
             log.warning("skipping %s: %s", name, e)
             sections.append(_failed_section(name, str(e)))
             continue

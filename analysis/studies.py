@@ -62,7 +62,7 @@ from analysis.points import (
 )
 from analysis.references import K2_MONOTONE, reference
 from analysis.telemetry import imbalance_summary, max_logit_summary
-from harness.sweep import AnalysisSpec
+from harness.config import AnalysisSpec
 
 
 @dataclass(frozen=True)
@@ -433,9 +433,11 @@ def study(name: str, collected: Collected, spec: AnalysisSpec, axes: list[str] |
         traces(runs, collected.curves, order, parts, title)
     keep = [c for c in ("run_id", "name", "status", "arm_label", "condition", "seed",
                         spec.best_of, "tokens", "flops", "final_train_loss", "final_val_loss",
-                        "active_params", "total_params", "sparsity", "selected")
+                        "params_active", "params_total", "sparsity", "selected")
             if c is not None and c in runs.frame.columns]
-    tables = {"runs": runs.frame[keep].rename(columns={"arm_label": "arm"}),
+    # the CSV names the logged size params as the report does
+    shown = {"arm_label": "arm", "params_active": "active_params", "params_total": "total_params"}
+    tables = {"runs": runs.frame[keep].rename(columns=shown),
               "points": points.frame, **parts.tables}
     result = Study(name, spec.kind, description, summary, tuple(parts.findings), tables,
                    tuple(parts.figures))

@@ -1,6 +1,8 @@
-"""The ``harness`` command: submit, resume, status, train, ui, plots, bench, schema.
+"""The ``harness`` command: submit, resume, status, repair, train, ui, plots, bench, schema.
 
 Bad input exits with status 2 and one line naming the YAML key and the rule; nothing is launched.
+Only the project's own errors (:class:`harness.config.HarnessError`) are reported that way: any
+other exception is a bug and keeps its traceback (exit status 1).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import click
 
-from harness.config import ConfigError, SweepConfig, TrialConfig, load_sweep, load_trial
+from harness.config import HarnessError, SweepConfig, TrialConfig, flatten, load_sweep, load_trial
 
 log = logging.getLogger("harness")
 
@@ -39,7 +41,6 @@ def _human(x: float) -> str:
 
 def trial_table(sweep: SweepConfig, trials: list[TrialConfig]) -> str:
     """Plain-text table: varying keys, params, sparsity, tokens, FLOPs; then the total."""
-    from harness.config import flatten
     from harness.naming import run_name
 
     axes = sweep.axes
@@ -48,10 +49,10 @@ def trial_table(sweep: SweepConfig, trials: list[TrialConfig]) -> str:
     for i, t in enumerate(trials):
         flat = flatten(t.model_dump(mode="json"))
         pc = t.model.param_counts()
-        tokens = t.train.steps * t.train.batch_tokens
         rows.append([
             str(i), run_name(t, sweep), *(str(flat[a]) for a in axes), _human(pc.total),
-            _human(pc.active), f"{t.model.sparsity:g}", _human(tokens), f"{t.total_flops:.3g}",
+            _human(pc.active), f"{t.model.sparsity:g}", _human(t.train.tokens_trained),
+            f"{t.total_flops:.3g}",
         ])
     widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -93,11 +94,14 @@ def submit(
     Example:
       harness submit sweeps/sparsity.yaml --profile gpu --address auto
     """
+    from harness.preflight import check_sweep
+
     sweep = load_sweep(sweep_file, profile)
-    trials = sweep.expand()
+    check_sweep(sweep, str(sweep_file))
     if dry_run:
         from harness.preflight import paths_summary
 
+        trials = sweep.expand()
         click.echo(trial_table(sweep, trials))
         click.echo(paths_summary(trials))
         return
@@ -106,7 +110,7 @@ def submit(
 
 def _run(sweep: SweepConfig, address: str | None, max_concurrent: int | None) -> None:
     from harness.launch import submit as launch
-    from harness.tracking import check_store
+    from harness.store import check_store
 
     check_store()
     s = launch(sweep, address=address, max_concurrent=max_concurrent)
@@ -130,9 +134,12 @@ def resume(name: str, address: str | None) -> None:
     Example:
       harness resume sparsity
     """
+    from harness.preflight import check_sweep
     from harness.status import stored_sweep
 
-    _run(stored_sweep(name), address, None)
+    sweep = stored_sweep(name)
+    check_sweep(sweep, f"sweep {name}")
+    _run(sweep, address, None)
 
 
 @cli.command()
@@ -151,6 +158,24 @@ def status(name: str | None) -> None:
 
 
 @cli.command()
+@click.argument("name")
+def repair(name: str) -> None:
+    """Log the derived params (arm, sizes, data_sha) that finished runs of an older harness lack.
+
+    `make plots` groups runs by these params and leaves runs without them out; run this once on
+    a store written by an older version.
+
+    \b
+    Example:
+      harness repair sparsity
+    """
+    from harness.status import repair as repair_runs
+
+    n = repair_runs(name)
+    click.echo(f"{name}: {n} runs repaired")
+
+
+@cli.command()
 @click.argument("trial_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--experiment", default="train", show_default=True, help="MLflow experiment.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -162,15 +187,16 @@ def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None) -> Non
     Example:
       harness train my_trial.yaml   # a TrialConfig YAML: model/optim/data/train
     """
-    from harness.preflight import default_storage
-    from harness.tracking import MLflowTracker, check_store, get_or_create_experiment, mlflow_client
+    from harness.preflight import check_trial, default_storage
+    from harness.store import Store, check_store
     from harness.train import run_trial
 
     trial = load_trial(trial_file)
+    check_trial(trial, str(trial_file))
     check_store()
-    client = mlflow_client()
-    exp = get_or_create_experiment(client, experiment)
-    tracker = MLflowTracker.attach(client, exp, trial.hash, trial_file.stem, {"sweep": experiment})
+    store = Store()
+    exp = store.ensure_experiment(experiment)
+    tracker = store.open_trial(exp, trial.hash, trial_file.stem, {"sweep": experiment})
     ckpt = checkpoint_dir or default_storage() / "checkpoints" / trial.hash
     steps = trial.train.steps
 
@@ -194,7 +220,7 @@ def ui(host: str, port: int) -> None:
     Example:
       harness ui --port 5001
     """
-    from harness.tracking import default_tracking_uri
+    from harness.store import default_tracking_uri
 
     uri = default_tracking_uri()
     where = "this machine only" if host == "127.0.0.1" else f"ALL interfaces via {host}"
@@ -248,7 +274,7 @@ def schema() -> None:
 
 @cli.command()
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--quick", is_flag=True, help="Fewer repeats and smaller cases (~2 minutes).")
+@click.option("--quick", is_flag=True, help="Fewer repeats and smaller cases (a few minutes).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
               show_default=True)
 def bench(device: str, quick: bool, out: Path) -> None:
@@ -265,10 +291,10 @@ def bench(device: str, quick: bool, out: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point: ConfigError -> one line on stderr, exit status 2."""
+    """Entry point: the project's own errors -> one line on stderr, exit status 2."""
     try:
         return cli.main(args=argv, standalone_mode=False)
-    except (ConfigError, LookupError) as e:
+    except HarnessError as e:
         click.echo(f"harness: error: {str(e).strip(chr(39))}", err=True)
         sys.exit(2)
     except click.exceptions.Abort:

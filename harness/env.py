@@ -42,7 +42,7 @@ def git_sha() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def _version(name: str) -> str:
+def package_version(name: str) -> str:
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -56,8 +56,8 @@ def environment_tags(device: torch.device) -> dict[str, str]:
         "git_sha": git_sha(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "ray": _version("ray"),
-        "mlflow": _version("mlflow"),
+        "ray": package_version("ray"),
+        "mlflow": package_version("mlflow"),
         "device": device.type,
         "device_name": name or platform.machine(),
         "threads": str(torch.get_num_threads()),

@@ -25,7 +25,7 @@ memory of two CPU train steps over five configs (MLA and MHA, AdamW and Muon, vo
 activation-heavy); tests/reliability/test_bad_input.py checks a factor of two.
 
 ``checkpoint_bytes(trial)`` is the size of one ``ckpt.pt`` (weights + optimizer state).
-``check_memory(trial, where)`` raises :class:`harness.sweep.ConfigError` when the estimate
+``check_memory(trial, where)`` raises :class:`harness.config.ConfigError` when the estimate
 exceeds 90% of the memory of the device the trial would run on here: RAM (physical pages, or the
 cgroup limit when lower) for CPU trials, the first GPU's memory for CUDA trials. A ``cuda`` trial
 checked on a machine with no GPU (a laptop submitting to a cluster) is not checked.
@@ -38,15 +38,12 @@ import functools
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from harness.config import TrialConfig
+from harness.config import MAX_LOGIT_CHUNK_ELEMS, ConfigError, TrialConfig
 
 GIB = 2**30
 FP32 = 4
 USABLE = 0.9  # fraction of the device's memory a trial may plan to use
-MAX_LOGIT_CHUNK = 1 << 26  # harness.model.attention.MAX_LOGIT_CHUNK_ELEMS
 
 
 def _per_token_per_layer(trial: TrialConfig, moe: bool) -> int:
@@ -93,7 +90,7 @@ def estimate_parts(trial: TrialConfig) -> dict[str, int]:
     B = N // tc.seq_len
     saved = m.first_k_dense * _per_token_per_layer(trial, moe=False)
     saved += m.n_moe_layers * _per_token_per_layer(trial, moe=True) + m.d_model
-    scores = min(B * m.attention.n_heads * tc.seq_len**2, MAX_LOGIT_CHUNK)
+    scores = min(B * m.attention.n_heads * tc.seq_len**2, MAX_LOGIT_CHUNK_ELEMS)
     activations = FP32 * (N * saved + 3 * N * m.vocab_size + scores) * 5 // 4
     data = 0
     if d.corpus == "synthetic":
@@ -156,8 +153,6 @@ def _gib(n: int) -> str:
 def check_memory(trial: TrialConfig, where: str, capacity_bytes: int | None = None) -> None:
     """Raise ConfigError ``"<where>: needs ~X GiB ..., machine has Y GiB ..."`` when the trial's
     estimate exceeds 90% of what this machine has (``capacity_bytes`` overrides, for tests)."""
-    from harness.config import ConfigError
-
     if capacity_bytes is not None:
         cap: tuple[int, str] | None = (capacity_bytes, "")
     else:

@@ -1,6 +1,8 @@
-"""Checks before a sweep launches: where it will read and write, and whether it can.
+"""Checks before a sweep or trial launches: whether each trial fits this machine, where it will
+read and write, and whether it can.
 
-Each failure is a one-line ConfigError (CLI exit status 2) raised before anything is written.
+Each failure is a one-line ConfigError (CLI exit status 2) raised before anything is written. The
+CLI runs :func:`check_sweep` once, on the sweep's single expansion, for ``--dry-run`` and submit.
 """
 
 from __future__ import annotations
@@ -11,6 +13,20 @@ import tempfile
 from pathlib import Path
 
 from harness.config import ConfigError, SweepConfig, TrialConfig
+from harness.memory import check_memory, checkpoint_bytes
+from harness.store import default_tracking_uri
+
+
+def check_sweep(sweep: SweepConfig, source: str | None = None) -> None:
+    """Every trial of the sweep fits this machine's memory (:mod:`harness.memory`); the error
+    names the trial by its axis values, after ``source`` (the sweep file) when given."""
+    for label, trial in sweep.labelled_trials():
+        check_trial(trial, f"{source}: {label}" if source else label)
+
+
+def check_trial(trial: TrialConfig, where: str) -> None:
+    """One trial fits this machine's memory; ``where`` names it in the error."""
+    check_memory(trial, where)
 
 
 def default_storage() -> Path:
@@ -24,7 +40,6 @@ def paths_summary(
     """Every folder a submit of ``trials`` would read or write, resolved against the submit
     folder the way the trials will resolve them (``--dry-run`` prints it; nothing is written)."""
     from harness.data.cache import cache_root
-    from harness.tracking import default_tracking_uri
 
     lines = [
         f"storage:   {storage or default_storage()}  (checkpoints, Ray state)",
@@ -49,8 +64,6 @@ def check_storage(storage: Path, trials: list[TrialConfig]) -> None:
     The folder must take a new file (tried, since root ignores permission bits) and have room
     for one checkpoint per trial to run plus the one being written (harness.memory).
     """
-    from harness.memory import checkpoint_bytes
-
     try:
         storage.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=storage):
@@ -70,7 +83,6 @@ def check_storage(storage: Path, trials: list[TrialConfig]) -> None:
 def check_resources(sweep: SweepConfig) -> None:
     """A trial that no node can ever host would wait forever: fail now, naming the key."""
     import ray
-
 
     have = ray.cluster_resources()
     res = sweep.resources

@@ -1,59 +1,46 @@
-"""``harness status`` and ``harness resume``: what MLflow knows about sweeps and trials."""
+"""``harness status``, ``harness resume`` and ``harness repair``: what MLflow knows about sweeps
+and trials (read through :class:`harness.store.Store`)."""
 
 from __future__ import annotations
 
-import json
+import logging
 import re
 from typing import Any
 
-from harness.config import ConfigError, SweepConfig
-from harness.tracking import find_runs, mlflow_client
+from harness.config import NotFoundError, SweepConfig
+from harness.store import DERIVED, Store, run_status, trial_params
+from harness.tracking import TrialStatus
 
-
-def _sweep_experiments(client: Any) -> list[tuple[Any, Any]]:
-    """(experiment, parent run) for every experiment with a sweep parent run."""
-    out = []
-    for exp in client.search_experiments():
-        parents = find_runs(client, exp.experiment_id, "tags.kind = 'sweep'")
-        if parents:
-            out.append((exp, parents[0]))
-    return out
-
-
-def _children(client: Any, exp: Any, parent: Any) -> list[Any]:
-    return find_runs(client, exp.experiment_id, f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+log = logging.getLogger(__name__)
 
 
 def status_text(name: str | None = None) -> str:
     """A table of sweeps, or of one sweep's trials."""
-    client = mlflow_client()
-    sweeps = _sweep_experiments(client)
+    store = Store()
+    sweeps = store.sweeps()
     if name is None:
         if not sweeps:
             return "no sweeps yet: harness submit sweeps/smoke.yaml"
         lines = [f"{'sweep':<20} {'trials':>6} {'finished':>8} {'diverged':>8} {'failed':>6} "
                  f"{'running':>7}  status"]
-        for exp, parent in sweeps:
-            states = [r.data.tags.get("status", "?") for r in _children(client, exp, parent)]
+        for sweep_name, parent in sweeps:
+            states = [run_status(r) for r in store.trial_runs(sweep_name)]
             lines.append(
-                f"{exp.name:<20} {len(states):>6} {states.count('finished'):>8} "
-                f"{states.count('diverged'):>8} {states.count('failed'):>6} "
-                f"{states.count('running'):>7}  {parent.data.tags.get('status', '?')}"
+                f"{sweep_name:<20} {len(states):>6} {states.count(TrialStatus.FINISHED):>8} "
+                f"{states.count(TrialStatus.DIVERGED):>8} {states.count(TrialStatus.FAILED):>6} "
+                f"{states.count(TrialStatus.RUNNING):>7}  {parent.data.tags.get('status', '?')}"
             )
         return "\n".join(lines)
-    match = [(e, p) for e, p in sweeps if e.name == name]
-    if not match:
-        known = ", ".join(e.name for e, _ in sweeps) or "none"
-        raise ConfigError(f"sweep '{name}' not found in MLflow (known: {known})")
-    exp, parent = match[0]
+    if name not in {n for n, _ in sweeps}:
+        known = ", ".join(n for n, _ in sweeps) or "none"
+        raise NotFoundError(f"sweep '{name}' not found in MLflow (known: {known})")
     lines = [f"{'trial':<28} {'hash':<12} {'status':<11} {'tokens':>10} {'train':>7} {'val':>7}"]
-    for r in sorted(_children(client, exp, parent), key=lambda r: _natural(r.info.run_name)):
+    for r in sorted(store.trial_runs(name), key=lambda r: _natural(r.info.run_name)):
         m = r.data.metrics
         train, val = (f"{m[k]:.4f}" if k in m else "-" for k in ("train/loss", "val/loss"))
         lines.append(
             f"{r.info.run_name or '?':<28} {r.data.tags.get('trial_hash', '?'):<12} "
-            f"{r.data.tags.get('status', '?'):<11} {int(m.get('tokens', 0)):>10} "
-            f"{train:>7} {val:>7}"
+            f"{run_status(r):<11} {int(m.get('tokens', 0)):>10} {train:>7} {val:>7}"
         )
     return "\n".join(lines)
 
@@ -64,12 +51,34 @@ def _natural(name: str | None) -> list[Any]:
 
 
 def stored_sweep(name: str) -> SweepConfig:
-    """The resolved sweep a parent run was submitted with (its ``sweep.json`` artifact)."""
-    client = mlflow_client()
-    for exp, parent in _sweep_experiments(client):
-        if exp.name == name:
-            import mlflow.artifacts
+    """The resolved sweep a parent run was submitted with (its sweep record)."""
+    return Store().stored_sweep(name)
 
-            text = mlflow.artifacts.load_text(f"{parent.info.artifact_uri}/sweep.json")
-            return SweepConfig.model_validate(json.loads(text))
-    raise ConfigError(f"sweep '{name}' not found in MLflow: submit it first")
+
+def repair(name: str, uri: str | None = None) -> int:
+    """Log the derived params (arm, sizes, data_sha) that finished runs of sweep ``name`` lack;
+    return the number of runs repaired.
+
+    Runs finished by harness versions that did not log them are left out of the analysis, which
+    groups runs by these params. The corpus is loaded to fingerprint it (``data_sha``), once per
+    distinct data config. Only missing keys are logged (MLflow params are write-once).
+    """
+    from harness.data import load_data
+
+    store = Store(uri)
+    if store.experiment_id(name) is None:
+        raise NotFoundError(f"sweep '{name}' not found in MLflow")
+    runs = store.finished(name)
+    fingerprints: dict[str, dict[str, Any]] = {}
+    repaired = 0
+    for trial in store.stored_sweep(name).expand():
+        run = runs.get(trial.hash)
+        if run is None or all(k in run.data.params for k in (*DERIVED, "data_sha")):
+            continue
+        key = trial.data.model_dump_json()
+        if key not in fingerprints:
+            fingerprints[key] = load_data(trial.data).fingerprint
+        store.log_missing_params(run, trial_params(trial, fingerprints[key]))
+        repaired += 1
+    log.info("%s: logged the missing derived params of %d finished runs", name, repaired)
+    return repaired

@@ -9,7 +9,6 @@ Batches are a pure function of (seed, step), so no data state is needed to resum
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -29,7 +28,8 @@ from harness.env import device_peak_flops, environment_tags, pick_device
 from harness.model.transformer import Telemetry, Transformer
 from harness.optim import build_optimizer, qk_clip_
 from harness.schedule import lr_multiplier
-from harness.tracking import Tracker
+from harness.store import trial_params
+from harness.tracking import Tracker, TrialStatus
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ CKPT, RESULT = "ckpt.pt", "result.json"
 class TrialResult:
     """Summary of a finished (or diverged) trial."""
 
-    status: str  # finished | diverged
+    status: TrialStatus  # finished | diverged (interrupted: stopped early, not a result)
     steps: int
     tokens: int
     flops: float
@@ -96,6 +96,11 @@ class Trainer:
         self.elapsed = 0.0
         self.window = _Window()  # steps since the last log; checkpointed, so a resumed log
         # averages the same steps as an uninterrupted one
+
+    @property
+    def tokens_seen(self) -> int:
+        """Tokens trained on so far (whole steps)."""
+        return self.step * self.trial.train.batch_tokens
 
     # checkpoints -------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -168,8 +173,7 @@ class Trainer:
 
     # metrics -----------------------------------------------------------------------------------
     def metrics(self, w: _Window, val_loss: float | None) -> dict[str, float]:
-        tc = self.trial.train
-        tokens = self.step * tc.batch_tokens
+        tokens = self.tokens_seen
         tps = w.tokens / max(w.seconds, 1e-9)
         m: dict[str, float] = {
             "train/loss": sum(w.losses) / len(w.losses),
@@ -250,7 +254,7 @@ def _finished(tracker: Tracker, path: Path) -> TrialResult:
     _replay(tracker, [(int(s), m) for s, m in saved["rows"]])
     for name, text in saved["artifacts"].items():
         tracker.log_artifact(name, text)
-    result = TrialResult(**saved["result"])
+    result = TrialResult(**{**saved["result"], "status": TrialStatus(saved["result"]["status"])})
     tracker.finish(result.status)
     return result
 
@@ -284,15 +288,15 @@ def run_trial(
         trainer.load(torch.load(ckpt_dir / CKPT, weights_only=True, map_location=device))
         log.info("trial %s resumed at step %d", trial.hash, trainer.step)
     tags = {**environment_tags(device), "trial_hash": trial.hash}
-    params = run_params(trial, data)
+    params = trial_params(trial, data.fingerprint)
     tracker.set_tags(tags)
     tracker.log_params(params)
     tracker.log_artifact("trial.yaml", trial_yaml(trial))
     tracker.log_artifact("data.json", json.dumps(data.fingerprint, indent=1, sort_keys=True))
     _replay(tracker, trainer.rows)
     status = _train(trainer, tracker, ckpt_dir, on_log, stop_after)
-    if status == "interrupted":
-        return _result(trainer, "interrupted")
+    if status == TrialStatus.INTERRUPTED:
+        return _result(trainer, status)
     result = _result(trainer, status)
     artifacts = {
         "max_logits.csv": trainer.logit_table(),
@@ -317,12 +321,12 @@ def _train(
     ckpt_dir: Path | None,
     on_log: Callable[[int, dict[str, float]], None] | None,
     stop_after: int | None,
-) -> str:
+) -> TrialStatus:
     """The loop; returns ``finished``, ``diverged`` or ``interrupted``."""
     tc = trainer.trial.train
     eval_steps = max(1, tc.eval_every // tc.batch_tokens)
     ckpt_steps = max(1, tc.checkpoint_every // tc.batch_tokens)
-    status = "finished"
+    status = TrialStatus.FINISHED
     while trainer.step < tc.steps:
         t0 = time.perf_counter()
         loss, gnorm, tel, clipped = trainer.train_step()
@@ -345,20 +349,19 @@ def _train(
         if diverged:
             log.warning("trial %s diverged at step %d (loss %s)", trainer.trial.hash,
                         trainer.step, loss)
-            status = "diverged"
+            status = TrialStatus.DIVERGED
             break
         if ckpt_dir is not None and trainer.step % ckpt_steps == 0 and not last:
             save_atomic(trainer.state(), ckpt_dir / CKPT)
         if stop_after is not None and trainer.step >= stop_after:
-            return "interrupted"
+            return TrialStatus.INTERRUPTED
     return status
 
 
-def _result(trainer: Trainer, status: str) -> TrialResult:
-    tc = trainer.trial.train
+def _result(trainer: Trainer, status: TrialStatus) -> TrialResult:
     last = trainer.rows[-1][1] if trainer.rows else {}
     vals = [m["val/loss"] for _, m in trainer.rows if "val/loss" in m]
-    tokens = trainer.step * tc.batch_tokens
+    tokens = trainer.tokens_seen
     return TrialResult(
         status=status,
         steps=trainer.step,
@@ -369,23 +372,6 @@ def _result(trainer: Trainer, status: str) -> TrialResult:
         wall_s=trainer.elapsed,
         tokens_per_s=tokens / max(trainer.elapsed, 1e-9),
     )
-
-
-def run_params(trial: TrialConfig, data: TokenData) -> dict[str, Any]:
-    """Every config field (dotted) plus the derived sizes the UI's compare views plot against."""
-    pc = trial.model.param_counts()
-    blob = json.dumps(data.fingerprint, sort_keys=True).encode()
-    return {
-        **trial.flat(),
-        "arm": trial.optim.arm,
-        "params_total": pc.total,
-        "params_active": pc.active,
-        "params_active_non_embedding": pc.active_non_embedding,
-        "sparsity": trial.model.sparsity,
-        "steps": trial.train.steps,
-        "flops_per_token": trial.model.flops_per_token(trial.train.seq_len),
-        "data_sha": hashlib.sha256(blob).hexdigest()[:12],
-    }
 
 
 def trial_yaml(trial: TrialConfig) -> str:

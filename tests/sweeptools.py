@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from harness.tracking import find_runs, mlflow_client
+from harness.store import Store, mlflow_client
 
 HARNESS = str(Path(sys.executable).parent / "harness")
 
@@ -59,11 +59,9 @@ def harness(*args: str, check: bool = True, timeout: float = 600,
 
 def child_runs(name: str, uri: str | None = None) -> list[Any]:
     """The trial runs (not the sweep's parent run) of experiment ``name``."""
-    client = mlflow_client(uri)
-    exp = client.get_experiment_by_name(name)
-    assert exp is not None, f"no experiment {name}"
-    return [r for r in find_runs(client, exp.experiment_id, "")
-            if r.data.tags.get("kind") != "sweep"]
+    store = Store(uri)
+    assert store.experiment_id(name) is not None, f"no experiment {name}"
+    return store.trial_runs(name)
 
 
 def histories(run: Any, uri: str | None = None) -> dict[str, list[tuple[int, float]]]:

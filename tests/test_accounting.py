@@ -1,4 +1,4 @@
-"""Parameter and FLOP accounting (harness/model/accounting.py) against built models."""
+"""Parameter and FLOP accounting (harness/config/accounting.py) against built models."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every validation rule of harness/config.py rejects a bad config and names the field."""
+"""Every validation rule of harness/config/trial.py rejects a bad config and names the field."""
 
 from __future__ import annotations
 

@@ -20,6 +20,7 @@ from harness.model.transformer import Transformer
 
 transformers = pytest.importorskip("transformers")
 
+from harness.bench.hf import from_hf_state, to_hf_state  # noqa: E402
 from harness.bench.hf import hf_config as bench_hf_config  # noqa: E402
 
 V, D, T, B = 96, 32, 12, 2
@@ -65,47 +66,8 @@ def hf_config(cfg: ModelConfig) -> transformers.DeepseekV3Config:
 
 
 def hf_to_ours(hf: torch.nn.Module, ours: Transformer) -> None:
-    """Copy every HF weight (and the router bias) into our module layout."""
-    sd = hf.state_dict()
-    out: dict[str, torch.Tensor] = {
-        "embed.weight": sd["model.embed_tokens.weight"],
-        "norm.weight": sd["model.norm.weight"],
-        "lm_head.weight": sd["lm_head.weight"],
-    }
-    attn_names = {
-        "q_proj": "q_proj",
-        "q_a_proj": "q_a_proj",
-        "q_a_norm": "q_a_layernorm",
-        "q_b_proj": "q_b_proj",
-        "kv_a_proj": "kv_a_proj_with_mqa",
-        "kv_a_norm": "kv_a_layernorm",
-        "kv_b_proj": "kv_b_proj",
-        "o_proj": "o_proj",
-    }
-    F = ours.cfg.moe.expert_ffn_dim
-    for i in range(ours.cfg.n_layers):
-        h, o = f"model.layers.{i}.", f"blocks.{i}."
-        out[o + "attn_norm.weight"] = sd[h + "input_layernorm.weight"]
-        out[o + "ffn_norm.weight"] = sd[h + "post_attention_layernorm.weight"]
-        for ours_name, hf_name in attn_names.items():
-            if h + f"self_attn.{hf_name}.weight" in sd:
-                out[o + f"attn.{ours_name}.weight"] = sd[h + f"self_attn.{hf_name}.weight"]
-        swiglu = {"w1": "gate_proj", "w3": "up_proj", "w2": "down_proj"}
-        if i < ours.cfg.first_k_dense:
-            for ours_name, hf_name in swiglu.items():
-                out[o + f"ffn.{ours_name}.weight"] = sd[h + f"mlp.{hf_name}.weight"]
-            continue
-        out[o + "ffn.gate.weight"] = sd[h + "mlp.gate.weight"]
-        out[o + "ffn.e_score_bias"] = sd[h + "mlp.gate.e_score_correction_bias"]
-        gate_up = sd[h + "mlp.experts.gate_up_proj"]  # (E, 2F, D): [gate | up] rows
-        out[o + "ffn.experts.w1"] = gate_up[:, :F]
-        out[o + "ffn.experts.w3"] = gate_up[:, F:]
-        out[o + "ffn.experts.w2"] = sd[h + "mlp.experts.down_proj"]
-        for ours_name, hf_name in swiglu.items():
-            out[o + f"ffn.shared.{ours_name}.weight"] = sd[
-                h + f"mlp.shared_experts.{hf_name}.weight"
-            ]
-    ours.load_state_dict(out, strict=True)
+    """Copy every HF weight (and the router bias) into our module, through the bench's mapping."""
+    ours.load_state_dict(from_hf_state(hf.state_dict(), ours.state_dict()), strict=True)
 
 
 def randomise_(hf: torch.nn.Module, seed: int) -> None:
@@ -148,6 +110,23 @@ def test_logits_match_hf(
     assert expected.abs().std() > 0.3  # a real test: logits are O(1), not all ~0
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
     assert telemetry.expert_load.shape == (cfg.n_moe_layers, cfg.moe.n_routed_experts)
+
+
+@pytest.mark.parametrize(("first_k_dense", "n_groups", "topk_groups", "q_lora_rank"), CASES)
+def test_weight_mapping_round_trips(
+    first_k_dense: int, n_groups: int, topk_groups: int, q_lora_rank: int
+) -> None:
+    """The bench's direction (ours to HF, ``to_hf_state``) inverts the one checked above: every
+    HF tensor comes back under its own name, bit for bit."""
+    cfg = our_config(first_k_dense, n_groups, topk_groups, q_lora_rank)
+    hf = transformers.DeepseekV3ForCausalLM(hf_config(cfg))
+    randomise_(hf, seed=5)
+    ours = Transformer(cfg)
+    hf_to_ours(hf, ours)
+    expected, back = hf.state_dict(), to_hf_state(ours.state_dict())
+    assert set(back) == set(expected)
+    for name, tensor in expected.items():
+        torch.testing.assert_close(back[name], tensor, rtol=0, atol=0, msg=name)
 
 
 def test_router_bias_changes_selection_only() -> None:

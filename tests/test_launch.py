@@ -19,7 +19,8 @@ import pytest
 from sweeptools import HARNESS, child_runs, free_port, harness, trial_workers, write_sweep
 
 from harness.config import load_sweep
-from harness.tracking import MemoryTracker, mlflow_client
+from harness.store import mlflow_client
+from harness.tracking import MemoryTracker
 from harness.train import run_trial
 
 
@@ -177,11 +178,13 @@ def _check_ui_lists_runs(name: str, n_runs: int) -> None:
         ui.wait(timeout=30)
 
 
-def test_submit_backfills_derived_params_of_old_finished_runs(project: Path) -> None:
-    """A finished run logged without the derived params (older harness) gets them on submit."""
+def test_repair_logs_derived_params_of_old_finished_runs(project: Path) -> None:
+    """A finished run logged without the derived params (older harness) gets them from
+    ``harness repair``; submit itself no longer touches finished runs."""
     from mlflow.entities import Param
 
-    from harness.launch import backfill_params, finished_runs, submit
+    from harness.launch import submit
+    from harness.status import repair
 
     sweep = load_sweep(write_sweep(project, "old", {"optim.lr": [3e-3]}))
     (trial,) = sweep.expand()
@@ -193,8 +196,11 @@ def test_submit_backfills_derived_params_of_old_finished_runs(project: Path) -> 
 
     summary = submit(sweep)  # nothing to run: the trial is finished
     assert summary.skipped == 1 and summary.finished == 0
+    assert "arm" not in client.get_run(run_id).data.params
+    out = harness("repair", "old")
+    assert "old: 1 runs repaired" in out.stdout
     params = client.get_run(run_id).data.params
     assert params["arm"] == trial.optim.arm
     assert params["params_active"] == str(trial.model.param_counts().active)
     assert params["sparsity"] == str(trial.model.sparsity) and len(params["data_sha"]) == 12
-    assert backfill_params([trial], finished_runs("old"), None) == 0  # complete runs untouched
+    assert repair("old") == 0  # complete runs untouched

@@ -1,7 +1,7 @@
 """`make plots` end to end on a real SQLite MLflow store with planted scaling laws (CPU, seconds).
 
 The store is built the way a submit builds it: a parent run per sweep tagged ``kind=sweep`` with
-the resolved sweep as ``sweep.json`` (``harness.launch.parent_run``), one child run per trial
+the resolved sweep as ``sweep.json`` (``harness.store.Store.open_sweep``), one child run per trial
 through ``MLflowTracker`` with the trial's params and a loss curve. Curves follow
 L = E + A (m C / C0)^-alpha with a per-arm compute multiplier m (Kimi K2 report, arXiv
 2507.20534, section 2.3 form), so the report must recover the planted FLOP ratio.
@@ -23,11 +23,10 @@ from analysis.collect import Collected
 from analysis.points import annotate, fit_points, select_best
 from analysis.report import make_all
 from analysis.studies import study
-from harness.config import TrialConfig
-from harness.launch import parent_run
+from harness.config import AnalysisSpec, SweepConfig, TrialConfig
 from harness.naming import run_name
-from harness.sweep import AnalysisSpec, SweepConfig
-from harness.tracking import MLflowTracker, get_or_create_experiment, mlflow_client
+from harness.store import Store, trial_params
+from harness.tracking import TrialStatus
 
 E, A, ALPHA, C0 = 2.0, 1.2, 0.3, 1e12
 MUON_MULTIPLIER = 1.5
@@ -43,14 +42,13 @@ def planted_loss(trial: TrialConfig, flops: np.ndarray, rng: np.random.Generator
     return (E + A * (m * flops / C0) ** -ALPHA) * noise
 
 
-def log_sweep(client: object, sweep: SweepConfig, rng: np.random.Generator) -> None:
+def log_sweep(store: Store, sweep: SweepConfig, rng: np.random.Generator) -> None:
     """A parent run with sweep.json and one finished child run per trial, with curves."""
-    exp = get_or_create_experiment(client, sweep.name)
-    parent = parent_run(client, exp, sweep)
+    run = store.open_sweep(sweep)
     for trial in sweep.expand():
-        tags = {"mlflow.parentRunId": parent, "sweep": sweep.name, "arm": trial.optim.arm}
-        tracker = MLflowTracker.attach(client, exp, trial.hash, run_name(trial, sweep), tags)
-        tracker.log_params(trial.flat())
+        tags = {"mlflow.parentRunId": run.parent_id, "sweep": sweep.name, "arm": trial.optim.arm}
+        tracker = store.open_trial(run.experiment_id, trial.hash, run_name(trial, sweep), tags)
+        tracker.log_params(trial_params(trial, None))
         steps = np.arange(1, trial.train.steps + 1)
         flops = steps * trial.train.batch_tokens * FLOPS_PER_TOKEN
         loss = planted_loss(trial, flops.astype(float), rng)
@@ -62,7 +60,7 @@ def log_sweep(client: object, sweep: SweepConfig, rng: np.random.Generator) -> N
                 "tokens": float(s * trial.train.batch_tokens),
                 "attn/max_logit": 5.0 + 0.1 * s * (2 if trial.optim.name == "muon" else 1),
                 "moe/imbalance": 1.0 + 1.0 / s}, step=int(s))
-        tracker.finish("finished")
+        tracker.finish(TrialStatus.FINISHED)
 
 
 def sweeps() -> list[SweepConfig]:
@@ -97,10 +95,9 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> Made:
     root = tmp_path_factory.mktemp("plots")
     store = root / "store"
     store.mkdir()
-    client = mlflow_client(f"sqlite:///{store / 'mlflow.db'}")
     rng = np.random.default_rng(0)
     for sweep in sweeps():
-        log_sweep(client, sweep, rng)
+        log_sweep(Store(f"sqlite:///{store / 'mlflow.db'}"), sweep, rng)
     out = root / "results"
     paths = make_all(None, refresh=True, uri=f"sqlite:///{store / 'mlflow.db'}", out_dir=out,
                      n_boot=100)

@@ -1,16 +1,30 @@
-"""Goals and the Markdown report of a bench run (``results/bench.md``)."""
+"""Goals and the Markdown report of a bench run (``results/bench.md``).
+
+The report holds the figures of one run; what the cases measure, why the goals are where they
+are and the analysis of each goal's misses are in ``docs/bench.md``, one section per goal key
+(anchor ``#<key>``), which a missed goal's row links to.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from harness.bench.findings import FINDINGS
+GOAL_KEYS = ("moe_vs_hf", "moe_overhead", "mfu", "train_vs_hf", "muon_vs_torch",
+             "tracking_overhead", "sched_efficiency")
+"""Every goal of the issue, in report order; ``docs/bench.md`` has a section ``#<key>`` each."""
+
+DOCS_HREF = "../docs/bench.md"
+"""``docs/bench.md`` as a link from ``results/bench.md``."""
 
 
 @dataclass(frozen=True)
 class Goal:
-    """One goal of the issue: ``value op target``; ``met`` None when it was not measured."""
+    """One goal of the issue: ``value op target``; ``met`` None when it was not measured.
+
+    ``threads``: the torch threads the value was measured at (None: not one count, e.g. Ray).
+    """
 
     key: str
     case: str
@@ -19,14 +33,32 @@ class Goal:
     op: str  # ">=" or "<="
     target: float
     met: bool | None
+    threads: int | None = None
 
 
-def judge(key: str, case: str, name: str, value: float | None, op: str, target: float) -> Goal:
+def judge(
+    key: str,
+    case: str,
+    name: str,
+    value: float | None,
+    op: str,
+    target: float,
+    threads: int | None = None,
+) -> Goal:
     """A :class:`Goal` with ``met`` decided (None when ``value`` is None)."""
     if op not in (">=", "<="):
         raise ValueError(f"op must be '>=' or '<=', got {op!r}")
     met = None if value is None else (value >= target if op == ">=" else value <= target)
-    return Goal(key, case, name, value, op, target, met)
+    return Goal(key, case, name, value, op, target, met, threads)
+
+
+def runs_of(case: dict[str, Any] | None) -> list[tuple[int | None, dict[str, Any]]]:
+    """``(threads, result)`` of each run of a case run per thread count (``by_threads``), in
+    order; ``[(None, case)]`` for a case run once (and for bench.json files older than that)."""
+    case = case or {}
+    if "by_threads" in case:
+        return [(r["threads"], r) for r in case["by_threads"].values()]
+    return [(None, case)]
 
 
 def _f(x: Any, digits: int = 3) -> str:
@@ -41,8 +73,20 @@ def _sum(s: dict[str, Any] | None, unit: str = "", scale: float = 1.0) -> str:
     return f"{m:.3g}{unit} (IQR {q1:.3g}-{q3:.3g}, range {lo:.3g}-{hi:.3g}, n {s['n']})"
 
 
-def _status(g: dict[str, Any]) -> str:
-    return {True: "**met**", False: "**missed**", None: "not measured"}[g["met"]]
+def _status(g: dict[str, Any], docs: str) -> str:
+    """Met, missed (with a link to the goal's analysis in docs/bench.md) or not measured."""
+    if g["met"] is False:
+        return f"**missed**; why: see [docs/bench.md#{g['key']}]({docs}#{g['key']})"
+    return "**met**" if g["met"] else "not measured"
+
+
+def _threads(n: int | None) -> str:
+    return "–" if n is None else f"{n}"
+
+
+def _at(n: int | None) -> str:
+    """`` at 1 thread`` / `` at 2 threads``; empty for a run without a thread count."""
+    return "" if n is None else f" at {n} thread{'s' if n != 1 else ''}"
 
 
 TITLES = {"moe_layer": "1. MoE layer, forward + backward", "train_step": "2. Train step",
@@ -50,8 +94,35 @@ TITLES = {"moe_layer": "1. MoE layer, forward + backward", "train_step": "2. Tra
           "scheduling": "5. Scheduling on local Ray"}
 
 
-def _header(r: dict[str, Any]) -> list[str]:
+Run = tuple[int | None, dict[str, Any]]
+"""``(threads, result)`` of one run of a case (see :func:`runs_of`)."""
+
+
+def _threads_row(r: dict[str, Any]) -> str:
+    """The machine table's torch-threads row: the bench's count and the per-run counts."""
+    n, counts = r["meta"]["machine"]["torch_threads"], r["meta"]["plan"].get("threads")
+    if not counts or list(counts) == [n]:
+        return f"| torch threads | {n} |"
+    each = " and ".join(str(c) for c in counts)
+    return (f"| torch threads | {n}; MoE layer and train step at each of {each} (a sweep trial "
+            "with `resources.cpu: c` runs max(1, c), the shipped sweeps 1) |")
+
+
+def _goal_threads(g: dict[str, Any], r: dict[str, Any]) -> int | None:
+    """A goal's thread count; for a bench.json from before goals had one, the count its case
+    ran at (the tracking case's own, none for Ray, else the bench's)."""
+    if "threads" in g:
+        return g["threads"]
+    if g["case"] == "scheduling":
+        return None
+    if g["case"] == "tracking":
+        return (r["cases"].get("tracking") or {}).get("threads")
+    return r["meta"]["machine"]["torch_threads"]
+
+
+def _header(r: dict[str, Any], docs: str) -> list[str]:
     meta, m = r["meta"], r["meta"]["machine"]
+    sha = f", commit {m['git_sha'][:12]}" if m.get("git_sha") not in (None, "unknown") else ""
     return [
         f"# Benchmark ({meta['mode']}, {m['device']})",
         "",
@@ -61,71 +132,109 @@ def _header(r: dict[str, Any]) -> list[str]:
         "and then summarised, so drift of the shared machine cancels. Summaries: median "
         "(interquartile range, min-max range, number of rounds). *CPU s* is the process CPU "
         "time of a call (all threads, spin-waits included): far below wall x threads means the "
-        "call waited for a core (other load), which small-op paths suffer most.",
+        "call waited for a core (other load), which small-op paths suffer most. What each case "
+        f"measures, the goals and the analysis of each miss: [docs/bench.md]({docs}).",
         "",
         "| machine | |",
         "|---|---|",
         f"| CPU | {m['cpu_model']}, {m['cores']} cores |",
-        f"| torch threads | {m['torch_threads']} |",
+        _threads_row(r),
         f"| GPU | {m.get('gpu', 'none')} |",
         f"| versions | torch {m['torch']}, transformers {m['transformers']}, ray {m['ray']}, "
-        f"mlflow {m['mlflow']}, Python {m['python']} |",
+        f"mlflow {m['mlflow']}, Python {m['python']}{sha} |",
         f"| platform | {m['platform']} |",
         f"| load average (1/5/15 min) | start {m['load_average_start']}, end "
         f"{m.get('load_average_end')} |",
         "",
         "## Goals",
         "",
-        "| goal | case | value | target | status |",
-        "|---|---|---|---|---|",
-        *(f"| {g['name']} | {g['case']} | {_f(g['value'])} | {g['op']} {g['target']:g} | "
-          f"{_status(g)} |" for g in r["goals"]),
+        "| goal | case | threads | value | target | status |",
+        "|---|---|---|---|---|---|",
+        *(f"| {g['name']} | {g['case']} | {_threads(_goal_threads(g, r))} | {_f(g['value'])} | "
+          f"{g['op']} {g['target']:g} | {_status(g, docs)} |" for g in r["goals"]),
         "",
         *([f"Errors: {'; '.join(r['errors'])}", ""] if r["errors"] else []),
     ]
 
 
-def _moe(c: dict[str, Any]) -> list[str]:
-    sh = c["shape"]
-    rows = [
-        f"| {n} | {_sum(s, ' s')} | {_f(c['cpu_s'][n]['median'])} | {c['gflop_per_s'][n]:.3g} | "
-        f"{_f(c['max_abs_diff_vs_ours'].get(n)) if n not in ('ours', 'dense') else '–'} |"
-        for n, s in c["timings_s"].items()
+def _moe_rows(n: int | None, c: dict[str, Any]) -> list[str]:
+    return [
+        f"| {_threads(n)} | {v} | {_sum(s, ' s')} | {_f(c['cpu_s'][v]['median'])} | "
+        f"{c['gflop_per_s'][v]:.3g} | "
+        f"{_f(c['max_abs_diff_vs_ours'].get(v)) if v not in ('ours', 'dense') else '–'} |"
+        for v, s in c["timings_s"].items()
     ]
+
+
+def _moe(runs: list[Run]) -> list[str]:
+    c = runs[0][1]
+    sh = c["shape"]
     return [
         f"## {TITLES['moe_layer']}",
         "",
         f"N {sh['tokens']} tokens, D {sh['d_model']}, F {sh['expert_ffn']}, "
         f"E {sh['n_experts']}, top-{sh['top_k']}, {sh['n_shared']} shared; dense SwiGLU hidden "
         f"{sh['dense_hidden']} (same active FLOPs, {c['train_flops'] / 1e9:.3g} GFLOP per "
-        "forward + backward). Same weights and input for all; gradients reset between calls.",
+        "forward + backward). Same weights and input for all; gradients reset between calls. "
+        "One run per thread count, its variants alternating round by round.",
         "",
-        "| variant | wall seconds | CPU s (median) | GFLOP/s | max abs diff of output vs ours |",
-        "|---|---|---|---|---|",
-        *rows,
-        *(f"| {n} | skipped: {why} | | | |" for n, why in c["skipped_variants"].items()),
+        "| threads | variant | wall seconds | CPU s (median) | GFLOP/s | "
+        "max abs diff of output vs ours |",
+        "|---|---|---|---|---|---|",
+        *(row for n, run in runs for row in _moe_rows(n, run)),
+        *(f"| all | {v} | skipped: {why} | | | |" for v, why in c["skipped_variants"].items()),
         "",
-        "| ratio (per round) | value |",
-        "|---|---|",
-        *(f"| {k} | {_sum(v, 'x')} |" for k, v in c["ratios"].items()),
+        "| threads | ratio (per round) | value |",
+        "|---|---|---|",
+        *(f"| {_threads(n)} | {k} | {_sum(v, 'x')} |" for n, run in runs
+          for k, v in run["ratios"].items()),
         "",
-        f"Fastest transformers path: `{c['best_hf']}`.",
+        "Fastest transformers path: "
+        + ", ".join(f"`{run['best_hf']}`{_at(n)}" for n, run in runs) + ".",
         "",
     ]
 
 
-def _train(c: dict[str, Any]) -> list[str]:
-    arms = list(c["timings_s"])
+def _train_rows(n: int | None, c: dict[str, Any]) -> list[str]:
     share = c.get("optimizer_share", {})
-    rows = [
-        f"| {a} | {_sum(c['timings_s'][a], ' s')} | {_f(c['cpu_s'][a]['median'])} | "
-        f"{c['tokens_per_s'][a]:.4g} | "
+    return [
+        f"| {_threads(n)} | {a} | {_sum(c['timings_s'][a], ' s')} | "
+        f"{_f(c['cpu_s'][a]['median'])} | {c['tokens_per_s'][a]:.4g} | "
         f"{c['model_flop_per_s'][a] / 1e9:.3g} | {_sum(c['mfu'][a], '%', 100)} | "
         f"{_sum(share.get(a), '%', 100)} |"
-        for a in arms
+        for a in c["timings_s"]
     ]
+
+
+def _train_hf(n: int | None, c: dict[str, Any]) -> list[str]:
+    """The HF comparison and datasheet MFU of one run, where measured."""
+    out = []
+    if "ours_over_hf_tokens_per_s" in c:
+        impl_s = c.get("hf_impl_s") or c.get("hf_attention_s", {})
+        out += [
+            f"-{_at(n)}: ours (AdamW) over HF (AdamW) tokens/s "
+            f"{_sum(c['ours_over_hf_tokens_per_s'], 'x')}. HF ran with experts "
+            f"`{c['hf_experts']}` and attention `{c['hf_attention']}` (the fastest of one timed "
+            "step per attention/experts pair: "
+            + ", ".join(f"{k} {v:.3g} s" for k, v in impl_s.items())
+            + f"); max |logit difference| on our weights {_f(c['hf_max_abs_logit_diff'])}.",
+        ]
+    if "mfu_datasheet" in c:
+        out += [
+            f"-{_at(n)}: MFU over the datasheet bf16 peak "
+            f"({c['datasheet_peak_flop_per_s'] / 1e12:.4g} TFLOP/s): "
+            + ", ".join(f"{a} {100 * v:.3g}%" for a, v in c["mfu_datasheet"].items()) + ".",
+        ]
+    return out
+
+
+def _train(runs: list[Run]) -> list[str]:
+    c = runs[0][1]
     m = c["model"]
-    out = [
+    gemm = "; ".join(f"{_sum(run['gemm_flop_per_s'], ' GFLOP/s', 1e-9)}{_at(n)}"
+                     for n, run in runs)
+    hf = [line for n, run in runs for line in _train_hf(n, run)]
+    return [
         f"## {TITLES['train_step']}",
         "",
         f"Model: MLA, {m['n_layers']} layers ({m['first_k_dense']} dense), d {m['d_model']}, "
@@ -134,32 +243,14 @@ def _train(c: dict[str, Any]) -> list[str]:
         f"{m['vocab_size']}; {c['active_params'] / 1e6:.3g}M active parameters. Batch "
         f"{c['batch_tokens']} tokens of sequence {c['seq_len']}; "
         f"{c['flops_per_token'] / 1e6:.3g} MFLOP per token (`flops_per_token`). MFU = model "
-        "FLOP/s over the same round's GEMM rate "
-        f"({_sum(c['gemm_flop_per_s'], ' GFLOP/s', 1e-9)}).",
+        f"FLOP/s over the same round's GEMM rate at the same thread count ({gemm}).",
         "",
-        "| arm | step (wall) | CPU s | tokens/s | model GFLOP/s | MFU | optimizer share |",
-        "|---|---|---|---|---|---|---|",
-        *rows,
+        "| threads | arm | step (wall) | CPU s | tokens/s | model GFLOP/s | MFU | "
+        "optimizer share |",
+        "|---|---|---|---|---|---|---|---|",
+        *(row for n, run in runs for row in _train_rows(n, run)),
         "",
-    ]
-    if "ours_over_hf_tokens_per_s" in c:
-        out += [
-            f"Ours (AdamW) over HF (AdamW) tokens/s: {_sum(c['ours_over_hf_tokens_per_s'], 'x')}."
-            f" HF ran with experts `{c['hf_experts']}` and attention `{c['hf_attention']}` (the "
-            "fastest of one timed step per attention/experts pair: "
-            + ", ".join(f"{k} {v:.3g} s"
-                        for k, v in (c.get("hf_impl_s") or c.get("hf_attention_s", {})).items())
-            + f"); max |logit difference| on our weights {_f(c['hf_max_abs_logit_diff'])}.",
-            "",
-        ]
-    if "mfu_datasheet" in c:
-        out += [
-            "MFU over the datasheet bf16 peak "
-            f"({c['datasheet_peak_flop_per_s'] / 1e12:.4g} TFLOP/s): "
-            + ", ".join(f"{a} {100 * v:.3g}%" for a, v in c["mfu_datasheet"].items()) + ".",
-            "",
-        ]
-    out += [
+        *([*hf, ""] if hf else []),
         f"Muon's Newton-Schulz FLOP bound T*m/B (dense form, m = d_model): "
         f"{100 * c['ns_bound_T_m_over_B']:.3g}% of the step; exact NS FLOPs of this model's "
         f"hidden matrices over its model FLOPs: {100 * c['ns_flops_over_model_flops']:.3g}% "
@@ -167,7 +258,6 @@ def _train(c: dict[str, Any]) -> list[str]:
         "so their bound is T*n*E/(K*B)).",
         "",
     ]
-    return out
 
 
 def _muon(c: dict[str, Any]) -> list[str]:
@@ -238,37 +328,59 @@ def _scheduling(c: dict[str, Any]) -> list[str]:
 def _profiles(r: dict[str, Any]) -> list[str]:
     out = []
     for case in ("moe_layer", "train_step"):
-        for name, p in (r["cases"].get(case) or {}).get("profile", {}).items():
-            out += [
-                f"### {case}: {name} ({p['total_ms']:.4g} ms profiled)",
-                "",
-                "| operator | self ms | share | calls |",
-                "|---|---|---|---|",
-                *(f"| `{o['name']}` | {o['self_ms']:.4g} | {100 * o['share']:.3g}% | "
-                  f"{o['calls']} |" for o in p["ops"]),
-                "",
-            ]
+        for n, run in runs_of(r["cases"].get(case)):
+            for name, p in run.get("profile", {}).items():
+                out += [
+                    f"### {case}{_at(n)}: {name} ({p['total_ms']:.4g} ms profiled)",
+                    "",
+                    "| operator | self ms | share | calls |",
+                    "|---|---|---|---|",
+                    *(f"| `{o['name']}` | {o['self_ms']:.4g} | {100 * o['share']:.3g}% | "
+                      f"{o['calls']} |" for o in p["ops"]),
+                    "",
+                ]
     return ["## Profiles (one call each, torch.profiler)", "", *out] if out else []
 
 
-def render(r: dict[str, Any]) -> str:
-    """The whole Markdown report of a bench result dict."""
-    lines = _header(r)
-    sections = {"moe_layer": _moe, "train_step": _train, "muon": _muon,
-                "tracking": _tracking, "scheduling": _scheduling}
-    for case, fn in sections.items():
-        c = r["cases"].get(case) or {}
-        if "error" in c or "skipped" in c:
-            why = c.get("error") or c.get("skipped")
-            lines += [f"## {TITLES[case]}", "", f"Not measured: {why}", ""]
-            continue
-        lines += fn(c)
-        lines += [f"Case took {c['case_seconds']:.0f} s; load average after: "
-                  f"{c['load_average_after']}.", ""]
+def _once(fn: Callable[[dict[str, Any]], list[str]]) -> Callable[[list[Run]], list[str]]:
+    """A section of a case run once, as a section of runs."""
+    return lambda runs: fn(runs[0][1])
+
+
+SECTIONS: dict[str, Callable[[list[Run]], list[str]]] = {
+    "moe_layer": _moe, "train_step": _train, "muon": _once(_muon),
+    "tracking": _once(_tracking), "scheduling": _once(_scheduling),
+}
+
+
+def _section(case: str, runs: list[Run]) -> list[str]:
+    """One case's section: its measured runs, then those that failed, then what each took."""
+    done = [(n, c) for n, c in runs if c and "error" not in c and "skipped" not in c]
+    failed = [(n, c.get("error") or c.get("skipped") or "not run")
+              for n, c in runs if (n, c) not in done]
+    if not done:
+        why = "; ".join(f"{why}{_at(n)}" for n, why in failed)
+        return [f"## {TITLES[case]}", "", f"Not measured: {why}", ""]
+    took = ", ".join(f"{c['case_seconds']:.0f} s{_at(n)}" for n, c in done)
+    after = ", ".join(f"{c['load_average_after']}{_at(n)}" for n, c in done)
+    return [
+        *SECTIONS[case](done),
+        *(f"Not measured{_at(n)}: {why}" for n, why in failed),
+        f"Case took {took}; load average after: {after}.",
+        "",
+    ]
+
+
+def render(r: dict[str, Any], docs: str = DOCS_HREF) -> str:
+    """The whole Markdown report of a bench result dict; ``docs`` links ``docs/bench.md``.
+
+    A run recorded before cases ran per thread count renders with the machine's thread count.
+    """
+    default = r["meta"]["machine"]["torch_threads"]
+    lines = _header(r, docs)
+    for case in SECTIONS:
+        runs = [(default if n is None and case in ("moe_layer", "train_step") else n, c)
+                for n, c in runs_of(r["cases"].get(case))]
+        lines += _section(case, runs)
     lines += _profiles(r)
-    missed = [g for g in r["goals"] if g["met"] is False and g["key"] in FINDINGS]
-    if missed:
-        lines += ["## Missed goals: what is left and why", ""]
-        for g in missed:
-            lines += [f"### {g['name']}", "", FINDINGS[g["key"]], ""]
     return "\n".join(lines).rstrip() + "\n"

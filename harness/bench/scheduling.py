@@ -107,7 +107,8 @@ def child(spec_path: Path, out_path: Path) -> None:
     spec = json.loads(spec_path.read_text())
     steps = _calibrate(spec["target_train_s"], spec["calib_steps"])
     from harness.config import SweepConfig
-    from harness.launch import ray_env, submit
+    from harness.launch import submit
+    from harness.launch.ray_setup import ray_env
     from harness.preflight import default_storage
 
     ray_env(None)

@@ -5,6 +5,9 @@ Every timed case runs its variants in one process, round by round, alternating t
 taken per round (A_i / B_i) and then summarised, which cancels drift that a ratio of two medians
 measured minutes apart would keep. A summary is the median with the interquartile range and the
 min-max spread.
+
+On CPU the MoE-layer and train-step cases run at each of :func:`cpu_thread_counts`: the thread
+count a sweep trial gets (:data:`TRIAL_THREADS`) and all cores.
 """
 
 from __future__ import annotations
@@ -13,12 +16,18 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from importlib import metadata
 from typing import Any
 
 import torch
+
+from harness.env import environment_tags, package_version
+
+TRIAL_THREADS = 1
+"""torch threads of a sweep trial: ``max(1, int(resources.cpu))`` (``trainable`` in
+``harness.launch``), and the shipped sweeps ask for ``cpu: 1``."""
 
 
 @dataclass(frozen=True)
@@ -144,6 +153,35 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def all_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cpu_thread_counts(device: torch.device, threads: int) -> tuple[int, ...]:
+    """Thread counts of the MoE-layer and train-step cases: on CPU a sweep trial's
+    (:data:`TRIAL_THREADS`) and ``threads`` (all cores by default), once each if equal; on CUDA
+    ``threads`` only (the host threads barely matter to the kernels)."""
+    if device.type == "cuda":
+        return (threads,)
+    return tuple(sorted({TRIAL_THREADS, threads}))
+
+
+@contextmanager
+def torch_threads(n: int | None = None) -> Iterator[None]:
+    """Run the block with ``n`` torch CPU threads (None: as they are); restore the count after."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def load_average() -> list[float] | None:
     """1, 5 and 15 minute load averages (None where the OS has none)."""
     try:
@@ -152,28 +190,27 @@ def load_average() -> list[float] | None:
         return None
 
 
-def _version(name: str) -> str:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return "absent"
-
-
 def machine(device: torch.device) -> dict[str, Any]:
-    """What the figures were measured on: CPU, cores, threads, versions, GPU, load."""
+    """What the figures were measured on: CPU, cores, threads, versions, commit, GPU, load.
+
+    Versions, commit and GPU name are :func:`harness.env.environment_tags` (the tags every trial
+    logs); the bench adds the CPU's name, the core count, transformers and the platform.
+    """
+    tags = environment_tags(device)
     info: dict[str, Any] = {
         "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "transformers": _version("transformers"),
-        "ray": _version("ray"),
-        "mlflow": _version("mlflow"),
-        "python": platform.python_version(),
+        "torch": tags["torch"],
+        "transformers": package_version("transformers"),
+        "ray": tags["ray"],
+        "mlflow": tags["mlflow"],
+        "python": tags["python"],
+        "git_sha": tags["git_sha"],
         "platform": platform.platform(),
         "device": device.type,
         "load_average_start": load_average(),
     }
     if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
+        info["gpu"] = tags["device_name"]
     return info

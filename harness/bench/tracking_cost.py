@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from harness.bench.timing import Summary, interleaved, summarise
+from harness.bench.timing import TRIAL_THREADS, Summary, interleaved, summarise, torch_threads
 from harness.config import TrialConfig
-from harness.tracking import MemoryTracker, MLflowTracker, get_or_create_experiment, mlflow_client
+from harness.store import Store
+from harness.tracking import MemoryTracker
 from harness.train import run_trial
 
 log = logging.getLogger(__name__)
@@ -47,7 +46,7 @@ class TrackShape:
     seq_len: int = 128
     val_tokens: int = 8192
     min_steps: int = 20
-    threads: int = 1  # as a Ray trial given 1 CPU runs (launch.trainable)
+    threads: int = TRIAL_THREADS  # as a sweep trial given 1 CPU runs
 
 
 def smoke_trial(steps: int, shape: TrackShape, device: str = "cpu") -> TrialConfig:
@@ -92,12 +91,8 @@ def run_tracking(
     Rounds stop early (after 2) once they have taken twice the planned ``2 * rounds * target_s``.
     The trials set torch's thread count (``shape.threads``); it is restored afterwards.
     """
-    shape = shape or TrackShape()
-    threads = torch.get_num_threads()
-    try:
-        return _run_tracking(target_s, rounds, device, calib_steps, shape)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads():
+        return _run_tracking(target_s, rounds, device, calib_steps, shape or TrackShape())
 
 
 def _run_tracking(
@@ -111,8 +106,8 @@ def _run_tracking(
             smoke_trial(calib_steps, shape, device), cache, target_s, shape.min_steps
         )
         trial = smoke_trial(steps, shape, device)
-        client = mlflow_client(uri)
-        get_or_create_experiment(client, "bench-warmup")
+        store = Store(uri)
+        store.ensure_experiment("bench-warmup")
         points: list[int] = []
         flush_every: list[float] = []
         n_runs = 0
@@ -120,8 +115,8 @@ def _run_tracking(
         def with_mlflow() -> None:
             nonlocal n_runs
             n_runs += 1
-            exp = get_or_create_experiment(client, f"bench-{n_runs}")
-            tracker = MLflowTracker.attach(client, exp, trial.hash, "bench", {"sweep": "bench"})
+            exp = store.ensure_experiment(f"bench-{n_runs}")
+            tracker = store.open_trial(exp, trial.hash, "bench", {"sweep": "bench"})
             flush_every.append(tracker.flush_every)
             run_trial(trial, tracker, cache_dir=cache)
 

@@ -10,7 +10,8 @@ machine. Model FLOPs are ``ModelConfig.flops_per_token`` (active parameters; Muo
 Newton-Schulz is optimizer work, not model FLOPs, and is not counted).
 
 The optimizer's share of the step is timed inside the real step with optimizer step hooks and
-set next to the Newton-Schulz FLOP bound T*m/B (FACTS.md) and the exact NS FLOPs of this model.
+set next to the Newton-Schulz FLOP bound T*m/B (Jordan et al. 2024, "Muon: An optimizer for
+hidden layers": T NS steps, m model width, B batch tokens) and the exact NS FLOPs of this model.
 """
 
 from __future__ import annotations

@@ -18,12 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.config import MAX_LOGIT_CHUNK_ELEMS
 from harness.model.layers import RMSNorm, apply_rope, rope_cos_sin
 
 if TYPE_CHECKING:
     from harness.config import ModelConfig
-
-MAX_LOGIT_CHUNK_ELEMS = 1 << 26  # logits materialised at once by causal_max_logits (256 MB fp32)
 
 
 @torch.no_grad()
@@ -68,7 +67,28 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Ten
     return out, causal_max_logits(q, k, scale)
 
 
-class MLA(nn.Module):
+class _SelfAttention(nn.Module):
+    """What MLA and MHA share: ``qkv`` gives rotated q, k and v, then causal attention, the
+    per-head max logit, and ``o_proj`` over the concatenated heads."""
+
+    n_heads: int
+    v_head_dim: int
+    softmax_scale: float
+    o_proj: nn.Linear
+
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, T, D) -> output (B, T, D), max_logit (H,) float32 detached."""
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x)  # (B, H, T, Dq), (B, H, T, Dq), (B, H, T, Dv)
+        out, max_logit = causal_attention(q, k, v, self.softmax_scale)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.v_head_dim)  # (B, T, H*Dv)
+        return self.o_proj(out), max_logit
+
+
+class MLA(_SelfAttention):
     """Multi-head latent attention with decoupled RoPE (DeepSeek-V2 §2.1.2-2.1.3, eqs. 9-19).
 
     Keys and values come from a latent c^KV = kv_a_norm(W^DKV x) of rank C:
@@ -125,16 +145,7 @@ class MLA(nn.Module):
         k = torch.cat((k_nope, k_rope.expand(B, H, T, R)), dim=-1)  # (B, H, T, Dq)
         return q, k, v
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x (B, T, D) -> output (B, T, D), max_logit (H,) float32 detached."""
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x)
-        out, max_logit = causal_attention(q, k, v, self.softmax_scale)
-        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.v_head_dim)  # (B, T, H*Dv)
-        return self.o_proj(out), max_logit
-
-
-class MHA(nn.Module):
+class MHA(_SelfAttention):
     """Multi-head attention (Vaswani et al. 2017) with RoPE over the whole head dim.
 
     ``q_proj``, ``k_proj``, ``v_proj`` (H*hd, D) and ``o_proj`` (D, H*hd), head h owning rows
@@ -147,7 +158,7 @@ class MHA(nn.Module):
         super().__init__()
         D, H, hd = cfg.d_model, cfg.attention.n_heads, cfg.mha_head_dim
         self.n_heads = H
-        self.head_dim = hd
+        self.head_dim = self.v_head_dim = hd
         self.rope_theta = cfg.attention.rope_theta
         self.softmax_scale = hd**-0.5
         self.q_proj = nn.Linear(D, H * hd, bias=False)
@@ -164,15 +175,6 @@ class MHA(nn.Module):
         v = self.v_proj(x).view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
         cos, sin = rope_cos_sin(T, hd, self.rope_theta, x.device, q.dtype)
         return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """x (B, T, D) -> output (B, T, D), max_logit (H,) float32 detached."""
-        B, T, _ = x.shape
-        q, k, v = self.qkv(x)
-        out, max_logit = causal_attention(q, k, v, self.softmax_scale)
-        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, H*hd)
-        return self.o_proj(out), max_logit
-
 
 def build_attention(cfg: ModelConfig) -> MLA | MHA:
     """The attention module ``cfg.attention.kind`` names."""

@@ -27,6 +27,7 @@ from sweeptools import trial_dict
 from harness.cli import main
 from harness.config import ConfigError, TrialConfig, load_sweep
 from harness.memory import GIB, check_memory, checkpoint_bytes, estimate_bytes, estimate_parts
+from harness.preflight import check_sweep
 
 VALID: dict[str, Any] = {
     "name": "fuzz",
@@ -217,7 +218,7 @@ def test_check_memory_names_the_trial_and_the_figures() -> None:
     assert "machine has 8.0 GiB" in msg and "\n" not in msg
 
 
-def test_sweep_with_a_trial_too_big_is_refused_at_load(
+def test_sweep_with_a_trial_too_big_is_refused_before_launch(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("HARNESS_MEMORY_GIB", "2")
@@ -227,10 +228,11 @@ def test_sweep_with_a_trial_too_big_is_refused_at_load(
     path.write_text(yaml.safe_dump(spec))
     with pytest.raises(ConfigError, match=r"trial model\.d_model=2048: needs ~[\d.]+ GiB .*"
                                           r"machine has 2\.0 GiB \(HARNESS_MEMORY_GIB\)"):
-        load_sweep(path)
+        check_sweep(load_sweep(path))
     spec["grid"] = {"model.d_model": [32, 64]}
     path.write_text(yaml.safe_dump(spec))
-    assert len(load_sweep(path).expand()) == 2
+    check_sweep(sweep := load_sweep(path))
+    assert len(sweep.expand()) == 2
 
 
 MEASURE = """

@@ -2,7 +2,8 @@
 
 Every config is a pydantic v2 model with ``extra="forbid"`` (an unknown YAML key is an error) and
 ``frozen=True``. Rules are checked at construction and name the field they are about. Sweep files
-(grids, zips, seeds, profiles) live in :mod:`harness.sweep` and are re-exported here.
+(grids, zips, seeds, profiles) live in :mod:`harness.config.sweep`; sizes and FLOPs are counted by
+:mod:`harness.config.accounting`, which imports nothing from here at run time.
 
 Units are in the field docs: tokens are tokens (never steps), dims are elements, lr is per step.
 """
@@ -15,7 +16,11 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from harness.model.accounting import ParamCounts, flops_per_token, param_counts
+from harness.config.accounting import ParamCounts, flops_per_token, param_counts
+
+MAX_LOGIT_CHUNK_ELEMS = 1 << 26
+"""Most attention logits the max-logit telemetry pass holds at once (256 MB in fp32); used by
+``harness.model.attention.causal_max_logits`` and counted by ``harness.memory``."""
 
 
 class Frozen(BaseModel):
@@ -341,6 +346,11 @@ class TrainConfig(Frozen):
         return self.tokens // self.batch_tokens
 
     @property
+    def tokens_trained(self) -> int:
+        """Tokens the run trains on: whole steps of ``batch_tokens`` (at most ``tokens``)."""
+        return self.steps * self.batch_tokens
+
+    @property
     def grad_accum(self) -> int:
         return self.batch_tokens // (self.micro_batch_tokens or self.batch_tokens)
 
@@ -376,9 +386,7 @@ class TrialConfig(Frozen):
     @property
     def total_flops(self) -> float:
         """Training FLOPs of the whole token budget (model-specific count, not 6ND)."""
-        return self.model.flops_per_token(self.train.seq_len) * self.train.steps * (
-            self.train.batch_tokens
-        )
+        return self.model.flops_per_token(self.train.seq_len) * self.train.tokens_trained
 
     def flat(self) -> dict[str, Any]:
         """Dotted-key view of every field, for MLflow params and trial tables."""
@@ -397,21 +405,11 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-_SWEEP_NAMES = ("ConfigError", "SweepConfig", "load_sweep", "load_trial")
-
-
-def __getattr__(name: str) -> Any:
-    """Sweep names live in harness.sweep (which imports this module); re-exported lazily."""
-    if name in _SWEEP_NAMES:
-        from harness import sweep
-
-        return getattr(sweep, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 __all__ = [
+    "MAX_LOGIT_CHUNK_ELEMS",
     "AttentionConfig",
     "DataConfig",
+    "Frozen",
     "MoEConfig",
     "ModelConfig",
     "OptimConfig",

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from harness.config import ModelConfig
+    from harness.config.trial import ModelConfig
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Sweep files: one YAML = one experiment (base trial, grid, zip, seeds, resources, profiles).
 
-``load_sweep(path, profile)`` reads a YAML safely, applies a named profile, validates every key and
-every expanded trial, and raises :class:`ConfigError` with one line that names the YAML key and the
-rule. Nothing is launched or written while loading.
+:class:`SweepConfig` is the validated file; :meth:`SweepConfig.expand` turns it into validated
+:class:`~harness.config.trial.TrialConfig` s, once (the list is kept). Reading the YAML safely and
+applying a profile is :func:`harness.config.files.load_sweep`. Nothing here depends on the machine:
+whether a trial fits is :mod:`harness.preflight`'s question.
 """
 
 from __future__ import annotations
@@ -11,83 +12,15 @@ import copy
 import itertools
 import math
 import re
-from pathlib import Path
 from typing import Any, Literal, Self
 
-import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from harness.config import Frozen, TrialConfig
-from harness.memory import check_memory
+from harness.config.errors import ConfigError
+from harness.config.trial import Frozen, TrialConfig
 
-
-class ConfigError(ValueError):
-    """Bad user input: a one-line message naming the key and the rule (CLI exit status 2)."""
-
-    def __str__(self) -> str:
-        # keys and values from the YAML may hold line breaks or control characters: escape them
-        msg = super().__str__()
-        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
-
-
-class _Loader(yaml.SafeLoader):
-    """Safe YAML loader that also reads ``1e6`` and ``2.0e6`` as floats (YAML 1.2 style)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d[\d_]*)?[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML mapping with the safe loader; any failure is a one-line ConfigError."""
-    p = Path(path)
-    try:
-        text = p.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{p}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start})") from None
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read ({e.strerror})") from None
-    try:
-        data = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader subclass
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f": line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{p}{where}: invalid YAML: {problem}") from None
-    except Exception as e:  # a tag the constructor rejects: !!int abc, !!timestamp {a: 1}
-        problem = (str(e).splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"{p}: invalid YAML: {problem}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: top level must be a mapping, got {type(data).__name__}")
-    _check_numbers(data, p)
-    return data
-
-
-MAX_INT = 2**63
-"""Integers in a config are int64 (torch, SQLite, MLflow); larger ones overflow float math."""
 MAX_TRIALS = 10_000
 """Most trials one sweep may expand to (a typo in a grid should not hang the expansion)."""
-
-
-def _check_numbers(data: dict[str, Any], path: Path) -> None:
-    """Reject integers outside int64 anywhere in the YAML, naming the dotted key."""
-    stack: list[tuple[str, Any]] = [("", data)]
-    seen: set[int] = set()  # YAML anchors can make a structure refer to itself
-    while stack:
-        key, node = stack.pop()
-        if isinstance(node, dict | list):
-            if id(node) in seen:
-                continue
-            seen.add(id(node))
-            items = node.items() if isinstance(node, dict) else enumerate(node)
-            stack.extend((f"{key}.{k}" if key else str(k), v) for k, v in items)
-        elif isinstance(node, int) and not isinstance(node, bool) and abs(node) >= MAX_INT:
-            raise ConfigError(f"{path}: {key}: {str(node)[:12]}... is out of range (|x| < 2^63)")
 
 
 def one_line(err: ValidationError, prefix: str = "") -> str:
@@ -112,17 +45,6 @@ def set_dotted(d: dict[str, Any], path: str, value: Any) -> None:
             raise ConfigError(f"{path}: '{key}' is not a mapping")
         node = child
     node[leaf] = value
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    """Recursively merge ``over`` into a copy of ``base`` (mappings merge, other values replace)."""
-    out = copy.deepcopy(base)
-    for key, value in over.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 class Resources(Frozen):
@@ -225,63 +147,35 @@ class SweepConfig(Frozen):
             for seed in self.seeds
         ]
 
+    _trials: list[tuple[str, TrialConfig]] | None = PrivateAttr(default=None)
+
     def expand(self) -> list[TrialConfig]:
-        """Validated trials of the sweep; a bad point raises ConfigError naming its key, and so
-        does a trial whose memory estimate does not fit this machine (harness.memory)."""
-        trials, seen = [], set()
+        """Validated trials of the sweep, in :meth:`points` order; a bad point raises
+        ConfigError naming its key. Expanded once: later calls return the same list."""
+        return [trial for _, trial in self.labelled_trials()]
+
+    def labelled_trials(self) -> list[tuple[str, TrialConfig]]:
+        """``(label, trial)`` pairs; the label names the trial's axis values for messages
+        (``trial model.d_model=2048, train.seed=0``)."""
+        if self._trials is None:
+            self._trials = self._expand()
+        return list(self._trials)
+
+    def _expand(self) -> list[tuple[str, TrialConfig]]:
+        out: list[tuple[str, TrialConfig]] = []
+        seen: set[str] = set()
         for point in self.points():
             raw = copy.deepcopy(self.base)
             for key, value in point.items():
                 set_dotted(raw, key, value)
             where = ", ".join(f"{k}={v}" for k, v in point.items() if k in self.axes)
+            label = f"trial {where or 'base'}"
             try:
                 trial = TrialConfig.model_validate(raw)
             except ValidationError as e:
-                raise ConfigError(f"{one_line(e, 'base')} (trial {where or 'base'})") from None
-            check_memory(trial, f"trial {where or 'base'}")
+                raise ConfigError(f"{one_line(e, 'base')} ({label})") from None
             if trial.hash in seen:
                 raise ConfigError(f"grid: two trials resolve to the same config ({point})")
             seen.add(trial.hash)
-            trials.append(trial)
-        return trials
-
-
-def load_sweep(path: str | Path, profile: str | None = None) -> SweepConfig:
-    """Read, apply ``profile`` and validate a sweep YAML (every trial is expanded once)."""
-    raw = read_yaml(path)
-    if profile is not None:
-        profiles = raw.get("profiles") or {}
-        if not isinstance(profiles, dict) or profile not in profiles:
-            known = ", ".join(profiles) if isinstance(profiles, dict) and profiles else "none"
-            raise ConfigError(f"profiles.{profile}: unknown profile (known: {known})")
-        over = profiles[profile]
-        if not isinstance(over, dict):
-            raise ConfigError(f"profiles.{profile}: must be a mapping")
-        bad = set(over) - {"base", "grid", "zip", "seeds", "resources", "max_concurrent",
-                           "max_failures", "description", "analysis"}
-        if bad:
-            raise ConfigError(f"profiles.{profile}.{sorted(bad)[0]}: unknown key")
-        raw = deep_merge(raw, over)
-        raw["profile"] = profile
-        # Its own MLflow experiment: a profile's runs never mix with the default's.
-        raw["name"] = f"{raw.get('name')}-{profile}"
-    try:
-        sweep = SweepConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {one_line(e)}") from None
-    try:
-        sweep.expand()
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-    return sweep
-
-
-def load_trial(path: str | Path) -> TrialConfig:
-    """Read one TrialConfig YAML (``harness train``)."""
-    raw = read_yaml(path)
-    try:
-        trial = TrialConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(f"{path}: {one_line(e)}") from None
-    check_memory(trial, str(path))
-    return trial
+            out.append((label, trial))
+        return out

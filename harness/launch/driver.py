@@ -1,0 +1,125 @@
+"""Run a sweep on Ray Tune, tracked in MLflow from the driver (one writer per store).
+
+Flow: the sweep's trials (expanded once) -> skip trials whose MLflow run is already finished or
+diverged (found by trial hash, :meth:`harness.store.Store.finished`) -> Ray Tune runs the rest,
+each trial in its own worker (:mod:`harness.launch.worker`) with ``tune.with_resources`` -> every
+``tune.report`` reaches :class:`~harness.launch.callback.MLflowCallback` on the driver, which
+writes it to the trial's child run under the sweep's parent run.
+
+Fault tolerance: each trial checkpoints under ``<storage>/checkpoints/<trial hash>/``. Ray's
+``FailureConfig(max_failures)`` restarts a crashed trial, which resumes from that checkpoint;
+``harness resume NAME`` (or resubmitting the same YAML) reruns only the unfinished trials, and
+they too resume from their checkpoints. The checkpoint folder is keyed by content hash, so it is
+found whichever way a trial is restarted. On a multi-node cluster ``storage`` must be shared.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.config import SweepConfig, TrialConfig
+from harness.launch.callback import MLflowCallback, tune_callback
+from harness.launch.ray_setup import init_ray, ray_env
+from harness.launch.worker import TrialSpec, trainable
+from harness.naming import run_name
+from harness.preflight import check_resources, check_storage, default_storage
+from harness.store import Store
+from harness.tracking import TrialStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SubmitSummary:
+    """What a submit did."""
+
+    total: int
+    skipped: int
+    finished: int
+    diverged: int
+    failed: int
+    interrupted: bool
+    wall_s: float
+
+
+def submit(
+    sweep: SweepConfig,
+    *,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    uri: str | None = None,
+    storage: Path | None = None,
+) -> SubmitSummary:
+    """Run every unfinished trial of ``sweep`` on Ray Tune; finished ones are skipped by hash."""
+    address = ray_env(address)
+    t0 = time.monotonic()
+    trials = sweep.expand()
+    storage = storage or default_storage()
+    check_storage(storage, [])  # writable, before MLflow or Ray is touched
+    store = Store(uri)
+    done = store.finished(sweep.name)
+    todo = [t for t in trials if t.hash not in done]
+    check_storage(storage, todo)  # room for the checkpoints of what will run
+    log.info("%s: %d trials, %d already finished, %d to run", sweep.name, len(trials),
+             len(trials) - len(todo), len(todo))
+    cb = MLflowCallback(sweep, trials, store)
+    cb.n_todo = len(todo)
+    cb.todo_tokens = sum(t.train.tokens_trained for t in todo)
+    if not todo:
+        cb.close(interrupted=False)
+        return _summary(cb, trials, len(trials), False, t0)
+    from ray import tune
+
+    init_ray(address)
+    check_resources(sweep)
+    res = sweep.resources
+    specs = [TrialSpec.of(t, storage, Path.cwd(), res.cpu) for t in todo]
+    tuner = tune.Tuner(
+        tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu}),
+        param_space={"spec": tune.grid_search([s.to_param() for s in specs])},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=max_concurrent or sweep.max_concurrent,
+            trial_name_creator=lambda tr: run_name(TrialSpec.of_trial_config(tr.config).config(),
+                                                   sweep),
+            trial_dirname_creator=lambda tr: TrialSpec.of_trial_config(tr.config).hash,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{sweep.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str(storage / "ray"),
+            failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+            callbacks=[tune_callback(cb)],
+            verbose=0,
+        ),
+    )
+    try:
+        tuner.fit()
+    except KeyboardInterrupt:
+        log.warning("interrupted")
+    except (EOFError, OSError) as e:
+        # Ray reads its own state files back as it ends; a full disk leaves them torn. The
+        # trials' states come from the callback, so report those rather than a traceback.
+        log.warning("Ray could not read or write its state under %s: %s", storage / "ray",
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+    unfinished = [t.hash for t in todo
+                  if not cb.status_of(t.hash).done and cb.status_of(t.hash) != TrialStatus.FAILED]
+    interrupted = bool(unfinished)
+    cb.close(interrupted=interrupted)
+    return _summary(cb, trials, len(trials) - len(todo), interrupted, t0)
+
+
+def _summary(
+    cb: MLflowCallback, trials: list[TrialConfig], skipped: int, interrupted: bool, t0: float
+) -> SubmitSummary:
+    states = [lv.status for lv in cb.live.values()]
+    return SubmitSummary(
+        total=len(trials),
+        skipped=skipped,
+        finished=states.count(TrialStatus.FINISHED),
+        diverged=states.count(TrialStatus.DIVERGED),
+        failed=states.count(TrialStatus.FAILED),
+        interrupted=interrupted,
+        wall_s=time.monotonic() - t0,
+    )

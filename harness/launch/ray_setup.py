@@ -1,0 +1,38 @@
+"""Ray's environment and start-up for a submit: local Ray, or a running cluster by address."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+
+def ray_env(address: str | None) -> str | None:
+    """Resolve the cluster address and set Ray's environment; call before importing ray."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+    if address and "RAY_AUTH_MODE" not in os.environ and token.exists():
+        # `ray start --head` enables token auth and writes this token; a driver joining with an
+        # explicit address must opt in to send it.
+        os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("TUNE_WARN_THRESHOLD_S", "5")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    return address
+
+
+def init_ray(address: str | None) -> None:
+    """Embedded local Ray unless an address (or ``RAY_ADDRESS``) names a running cluster."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    for quiet in ("ray.tune.analysis", "ray.tune.tune", "ray._private.authentication"):
+        logging.getLogger(quiet).setLevel(logging.ERROR)
+    ray.init(
+        address=address,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=True,
+        runtime_env={"env_vars": {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}},
+    )
