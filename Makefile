@@ -5,6 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 SWEEP   ?= smoke
 PROFILE ?=
+PORT    ?= 5000
 PROFILE_ARG := $(if $(PROFILE),--profile $(PROFILE),)
 
 .PHONY: setup test test-ui test-reliability lint demo sweep plots bench ui docs clean
@@ -36,11 +37,12 @@ lint: setup
 	$(BIN)/ruff check .
 
 # The main job: a small real sweep on local Ray, logged to MLflow, laws fitted, plots written.
+# Its figures go to results-local/ (not tracked), so the committed results/ stay as they are.
 demo: setup
 	$(BIN)/harness submit sweeps/smoke.yaml
-	$(BIN)/harness plots --experiment smoke --refresh
-	@echo "figures and report: results/smoke/ and results/report.md"
-	@echo "MLflow UI:          make ui   (then open http://127.0.0.1:5000)"
+	$(BIN)/harness plots --experiment smoke --refresh --out results-local
+	@echo "figures and report: results-local/smoke/ and results-local/report.md"
+	@echo "next: $(BIN)/harness status smoke · make ui · make plots"
 
 # Any study: make sweep SWEEP=sparsity [PROFILE=gpu]
 sweep: setup
@@ -52,8 +54,9 @@ plots: setup
 bench: setup
 	$(BIN)/harness bench
 
+# make ui PORT=5001 for another port; the command prints the URL to open.
 ui: setup
-	$(BIN)/harness ui
+	$(BIN)/harness ui --port $(PORT)
 
 # docs/yaml-reference.md from the pydantic models (tests/test_schema.py checks it is current).
 docs: setup

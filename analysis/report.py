@@ -11,6 +11,12 @@
 - ``report.md``: every finding of every cached sweep in a sentence with its interval and the
   published number (Kimi K2 report, arXiv 2507.20534, and the works it builds on) next to it.
   The whole report is rebuilt from all caches on every call.
+
+Each sweep's figures and report section are also logged as artifacts (``results/``) of the
+sweep's parent run when the store holds it, so the MLflow UI shows the fitted laws beside their
+runs. :func:`make_routed` (``harness plots`` without ``--out``) keeps the repository's results
+apart from a user's: sweeps that ``sweeps/*.yaml`` defines go to ``results/``, any other sweep to
+``results-local/`` (not tracked), so plotting one's own sweeps never touches committed files.
 """
 
 from __future__ import annotations
@@ -27,12 +33,22 @@ from analysis.claims import Headline, summary_table
 from analysis.collect import collect
 from analysis.plots import render
 from analysis.studies import Study, study
-from harness.config import AnalysisSpec, NotFoundError, SweepConfig
+from harness.config import (
+    AnalysisSpec,
+    ConfigError,
+    NotFoundError,
+    SweepConfig,
+    check_name,
+    is_valid_name,
+    read_yaml,
+)
 from harness.store import Store, default_tracking_uri, store_exists
 
 log = logging.getLogger(__name__)
 
 RESULTS = Path("results")
+LOCAL_RESULTS = Path("results-local")
+SWEEPS = Path("sweeps")
 CACHE = "cache"
 
 
@@ -52,7 +68,7 @@ def cached_sweeps(cache_dir: Path) -> list[str]:
     """Sweeps with both parquet frames in ``cache_dir``."""
     runs = {p.name.removesuffix(".runs.parquet") for p in cache_dir.glob("*.runs.parquet")}
     curves = {p.name.removesuffix(".curves.parquet") for p in cache_dir.glob("*.curves.parquet")}
-    return sorted(runs & curves)
+    return sorted(n for n in runs & curves if is_valid_name(n))
 
 
 @dataclass(frozen=True)
@@ -183,10 +199,12 @@ def make_all(experiments: list[str] | None = None, *, refresh: bool = False,
     all of them. ``n_boot``: bootstrap replicates per fit. Raises NotFoundError when a named sweep
     is neither in MLflow nor in the cache; a failed fit is a sentence in the report instead.
     """
+    for name in experiments or []:
+        check_name(name, "--experiment")
     cache_dir = out_dir / CACHE
     cached = cached_sweeps(cache_dir)
+    online = mlflow_sweeps(uri)
     if experiments is None:
-        online = mlflow_sweeps(uri)
         targets = sorted({*online, *cached})
         fetch = set(online) if refresh else set(online) - set(cached)
     else:
@@ -212,9 +230,12 @@ def make_all(experiments: list[str] | None = None, *, refresh: bool = False,
         result = study(name, collected, info.spec, info.axes, info.description, n_boot=n_boot)
         if info.note:
             result = replace(result, summary=f"{result.summary} {info.note}")
-        written += write_study(result, out_dir / name)
+        files = write_study(result, out_dir / name)
+        written += files
         sections.append(section(result, name))
         headlines += result.headlines
+        if name in online:
+            _log_to_parent(name, uri, files, section(result, "."))
     report = out_dir / "report.md"
     out_dir.mkdir(parents=True, exist_ok=True)
     header = HEADER.format(n=len(targets), names=", ".join(targets) or "none",
@@ -223,3 +244,45 @@ def make_all(experiments: list[str] | None = None, *, refresh: bool = False,
     written.append(report)
     log.info("wrote %d files under %s", len(written), out_dir)
     return written
+
+
+def _log_to_parent(name: str, uri: str | None, files: list[Path], text: str) -> None:
+    """The study's figures, tables and report section as artifacts of the sweep's parent run;
+    a store that refuses them costs a warning, never the report."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        Store(uri).log_results(name, files, text)
+    except (MlflowException, OSError) as e:
+        log.warning("could not log the results of %s to MLflow: %s", name, e)
+
+
+def shipped_sweeps(folder: Path = SWEEPS) -> set[str]:
+    """Names of the sweeps the repository's ``sweeps/*.yaml`` define, each profile's included
+    (``sparsity``, ``sparsity-gpu``); a file that does not read is skipped."""
+    names: set[str] = set()
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            raw = read_yaml(path)
+        except ConfigError:
+            continue
+        name = str(raw.get("name", path.stem))
+        profiles = raw.get("profiles") or {}
+        names |= {name, *(f"{name}-{p}" for p in profiles if isinstance(profiles, dict))}
+    return names
+
+
+def make_routed(experiments: list[str] | None = None, *, refresh: bool = False,
+                uri: str | None = None, n_boot: int = 200) -> dict[Path, list[Path]]:
+    """:func:`make_all` for the repository's sweeps into ``results/`` and for every other sweep
+    into ``results-local/``; returns the files written per folder. ``experiments``: the sweeps
+    to collect (None: every sweep in the store, plus each folder's cache)."""
+    shipped = shipped_sweeps()
+    names = experiments if experiments is not None else mlflow_sweeps(uri)
+    own = [n for n in names if n not in shipped]
+    out = {RESULTS: make_all([n for n in names if n in shipped], refresh=refresh, uri=uri,
+                             out_dir=RESULTS, n_boot=n_boot)}
+    if own or cached_sweeps(LOCAL_RESULTS / CACHE):
+        out[LOCAL_RESULTS] = make_all(own, refresh=refresh, uri=uri, out_dir=LOCAL_RESULTS,
+                                      n_boot=n_boot)
+    return out

@@ -52,6 +52,7 @@ from analysis.plots import (
     plot_multipliers,
 )
 from analysis.points import (
+    BUDGET_AXIS,
     FitPoints,
     Runs,
     annotate,
@@ -139,7 +140,7 @@ def _band(fit: PowerLawFit, g: pd.DataFrame, grid: np.ndarray, n_boot: int,
 
 
 def curve_fits(points: FitPoints, order: list[str], n_boot: int, seed: int, parts: Parts,
-               title: str) -> None:
+               name: str) -> None:
     """Per-arm L = E + A C^-alpha with run-resampled intervals, bands and a held-out check."""
     rows, laws = [], []
     for label in order:
@@ -188,13 +189,14 @@ def curve_fits(points: FitPoints, order: list[str], n_boot: int, seed: int, part
         columns=["arm", "flops", "loss", "lo", "hi"])
     parts.figures.append(FigureJob(
         "curves", plot_loss_vs_compute,
-        LossVsCompute(points.display, law_frame, title, "arm", arms=tuple(order)),
+        LossVsCompute(points.display, law_frame, f"{name}: val loss vs training FLOPs, "
+                      "power law per arm", "arm", arms=tuple(order)),
         "Validation loss vs training FLOPs per arm (log-log): runs (lines), fit points "
         "(markers), fitted L = E + A C^-alpha with its 95% run-bootstrap band."))
 
 
 def sparsity_law(runs: Runs, points: FitPoints, order: list[str], base: str, n_boot: int,
-                 seed: int, parts: Parts, title: str) -> None:
+                 seed: int, parts: Parts, name: str) -> None:
     """The K2 joint sparsity law, its multiplier table and figures (``fit_sparsity_law``)."""
     frame = points.frame
     ref_value = runs.value_of(base)
@@ -254,13 +256,15 @@ def sparsity_law(runs: Runs, points: FitPoints, order: list[str], base: str, n_b
          "E": fit.E, "A": fit.A, "alpha": fit.alpha} for a in fit.arms])
     parts.figures.append(FigureJob(
         "sparsity", plot_loss_vs_compute,
-        LossVsCompute(points.display, pd.concat(laws, ignore_index=True), title, "arm",
+        LossVsCompute(points.display, pd.concat(laws, ignore_index=True),
+                      f"{name}: val loss vs training FLOPs, joint sparsity law", "arm",
                       L_star, tuple(order)),
         "Loss vs training FLOPs per arm with the joint law L = E + A (m_s C)^-alpha "
         "(shared E and alpha; K2 report §2.3) and the target loss L*."))
     parts.figures.append(FigureJob(
         "multipliers", plot_multipliers,
-        Multipliers(pd.DataFrame(vs_base), base, title, tuple(order)),
+        Multipliers(pd.DataFrame(vs_base), base, f"{name}: compute multiplier over {base}",
+                    tuple(order)),
         f"FLOP multiplier of each arm over {base} under the joint law, 95% run-bootstrap "
         "intervals."))
 
@@ -279,7 +283,7 @@ def target_losses(a: pd.Series, b: pd.Series) -> list[float]:
 
 
 def multipliers(runs: Runs, points: FitPoints, order: list[str], base: str, n_boot: int,
-                seed: int, parts: Parts, title: str) -> None:
+                seed: int, parts: Parts, name: str) -> None:
     """C_base(L*) / C_arm(L*) per arm from fitted frontiers (``compute_multiplier``)."""
     frame = points.frame
     b = frame.loc[frame["label"] == base, ["run", "flops", "loss"]]
@@ -315,12 +319,13 @@ def multipliers(runs: Runs, points: FitPoints, order: list[str], base: str, n_bo
     parts.tables["multipliers"] = table
     if len(table):
         parts.figures.append(FigureJob(
-            "multipliers", plot_multipliers, Multipliers(table, base, title, tuple(order)),
+            "multipliers", plot_multipliers,
+            Multipliers(table, base, f"{name}: compute multiplier over {base}", tuple(order)),
             f"C_{base}(L*) / C_arm(L*) read off fitted frontiers at target losses L*, with 95% "
             "run-bootstrap intervals."))
 
 
-def ablation(runs: Runs, order: list[str], base: str, parts: Parts, title: str) -> None:
+def ablation(runs: Runs, order: list[str], base: str, parts: Parts, name: str) -> None:
     """Final val loss per arm at equal condition; relative change vs ``base`` over paired runs
     (same condition and seed), with its range over budgets, sizes and seeds."""
     sel = runs.frame[runs.frame["selected"]]
@@ -360,26 +365,48 @@ def ablation(runs: Runs, order: list[str], base: str, parts: Parts, title: str) 
     parts.tables["final_losses"] = stats
     parts.tables["final_loss_changes"] = pd.DataFrame(rel)
     parts.figures.append(FigureJob(
-        "final_losses", plot_final_losses, FinalLosses(stats, title, "arm", tuple(order)),
+        "final_losses", plot_final_losses,
+        FinalLosses(stats, f"{name}: final val loss by arm and {_grouped_by(runs)}", "arm",
+                    tuple(order)),
         "Final validation loss per arm and condition (min-max over seeds as error bars)."))
 
 
-def traces(runs: Runs, curves: pd.DataFrame, order: list[str], parts: Parts, title: str) -> None:
-    """Max attention logit and expert-load imbalance over training (``analysis.telemetry``)."""
-    jobs = (("max_logit", max_logit_summary, plot_max_logit,
+def _grouped_by(runs: Runs) -> str:
+    """What the bars of the final-loss figure are grouped by: ``budget`` (token budget only),
+    the one setting varied besides the arm (``lr``), else ``condition``."""
+    axes = runs.condition_axes
+    if axes == (BUDGET_AXIS,):
+        return "budget"
+    return axes[0].rsplit(".", 1)[-1] if len(axes) == 1 else "condition"
+
+
+def traces(runs: Runs, curves: pd.DataFrame, order: list[str], parts: Parts, name: str,
+           best_of: str | None = None) -> None:
+    """Max attention logit and expert-load imbalance over training (``analysis.telemetry``);
+    runs of one arm and condition that differ in ``best_of`` are told apart by shade."""
+    jobs = (("max_logit", "max attention logit over training", max_logit_summary,
+             plot_max_logit,
              "Max attention logit over training per run (log scale), QK-Clip thresholds dotted."),
-            ("imbalance", imbalance_summary, plot_imbalance,
+            ("imbalance", "expert-load imbalance over training", imbalance_summary,
+             plot_imbalance,
              "Expert-load imbalance (max / mean load over experts, mean over MoE layers) over "
              "training per run."))
-    for name, summarise, draw, caption in jobs:
-        summary = summarise(runs, curves)
+    for figure, what, summarise, draw, caption in jobs:
+        summary = summarise(runs, curves, best_of)
         if summary is None:
             continue
-        parts.tables[name] = summary.table
-        data = replace(summary.traces, title=title, arms=tuple(order))
-        parts.figures.append(FigureJob(name, draw, data, caption))
+        parts.tables[figure] = summary.table
+        data = replace(summary.traces, title=f"{name}: {what}", arms=tuple(order))
+        parts.figures.append(FigureJob(figure, draw, data, caption))
         for text, ref in summary.sentences:
             parts.say(text, ref)
+
+
+def with_conditions(display: pd.DataFrame, runs: Runs) -> pd.DataFrame:
+    """The figure points with each run's ``condition``, so the loss-vs-compute figure tells
+    runs of one arm apart (e.g. two expert counts of an optimizer arm)."""
+    condition = runs.frame.drop_duplicates("run_id").set_index("run_id")["condition"]
+    return display.assign(condition=display["run"].map(condition).fillna("").astype(str))
 
 
 def _baseline(runs: Runs, spec: AnalysisSpec, order: list[str], parts: Parts) -> str:
@@ -420,17 +447,17 @@ def study(name: str, collected: Collected, spec: AnalysisSpec, axes: list[str] |
     if not order:
         parts.say("No finished run has a final val loss: nothing to fit.")
     parts.say(points.note)
-    title = f"{name}: {spec.kind}"
+    points = replace(points, display=with_conditions(points.display, runs))
     if spec.kind == "logits":
-        traces(runs, collected.curves, order, parts, title)
+        traces(runs, collected.curves, order, parts, name, spec.best_of)
     if spec.kind == "sparsity" and order:
-        sparsity_law(runs, points, order, base, n_boot, seed, parts, title)
+        sparsity_law(runs, points, order, base, n_boot, seed, parts, name)
     if spec.kind == "multiplier" and order:
-        multipliers(runs, points, order, base, n_boot, seed, parts, title)
-    curve_fits(points, order, n_boot, seed, parts, title)
-    ablation(runs, order, base, parts, title)
+        multipliers(runs, points, order, base, n_boot, seed, parts, name)
+    curve_fits(points, order, n_boot, seed, parts, name)
+    ablation(runs, order, base, parts, name)
     if spec.kind != "logits":
-        traces(runs, collected.curves, order, parts, title)
+        traces(runs, collected.curves, order, parts, name, spec.best_of)
     keep = [c for c in ("run_id", "name", "status", "arm_label", "condition", "seed",
                         spec.best_of, "tokens", "flops", "final_train_loss", "final_val_loss",
                         "params_active", "params_total", "sparsity", "selected")

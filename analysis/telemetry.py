@@ -33,11 +33,27 @@ class TraceSummary:
     sentences: tuple[tuple[str, str | None], ...]
 
 
-def _traces(runs: Runs, curves: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Columns run, arm, condition, tokens, value for every run that logged ``metric``."""
+COLUMNS = ["run", "arm", "condition", "variant", "tokens", "value"]
+
+
+def variants(runs: Runs, best_of: str | None) -> pd.Series:
+    """Per run, its ``best_of`` setting as text (``lr=0.01``): runs of one arm and condition
+    that differ in it are drawn in different shades; '' when there is no such axis."""
+    frame = runs.frame
+    if best_of is None or best_of not in frame.columns:
+        return pd.Series("", index=frame.index)
+    short = best_of.rsplit(".", 1)[-1]
+    return frame[best_of].map(lambda v: f"{short}={fmt_value(v)}")
+
+
+def _traces(runs: Runs, curves: pd.DataFrame, metric: str,
+            best_of: str | None = None) -> pd.DataFrame:
+    """Columns run, arm, condition, variant (:func:`variants`), tokens, value for every run
+    that logged ``metric``."""
     if curves.empty or metric not in curves.columns or "tokens" not in curves.columns:
-        return pd.DataFrame(columns=["run", "arm", "condition", "tokens", "value"])
-    meta = runs.frame[["run_id", "arm_label", "arm_value", "condition"]]
+        return pd.DataFrame(columns=COLUMNS)
+    meta = runs.frame[["run_id", "arm_label", "arm_value", "condition"]].assign(
+        variant=variants(runs, best_of))
     pts = curves[["run_id", "tokens", metric]].dropna().merge(meta, on="run_id")
     order = sorted(pts["arm_label"].unique(),
                    key=lambda lb: sort_key(pts.loc[pts["arm_label"] == lb, "arm_value"].iloc[0]))
@@ -45,7 +61,7 @@ def _traces(runs: Runs, curves: pd.DataFrame, metric: str) -> pd.DataFrame:
     pts["arm"] = pd.Categorical(pts["arm"], order, ordered=True)
     pts = pts.sort_values(["arm", "run", "tokens"])
     pts["arm"] = pts["arm"].astype(str)
-    return pts[["run", "arm", "condition", "tokens", "value"]].reset_index(drop=True)
+    return pts[COLUMNS].reset_index(drop=True)
 
 
 def _by_arm(table: pd.DataFrame, column: str, digits: int = 3) -> str:
@@ -75,9 +91,11 @@ def _per_run(runs: Runs, pts: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def max_logit_summary(runs: Runs, curves: pd.DataFrame) -> TraceSummary | None:
-    """Peak and final max attention logit per run and arm, clip events under QK-Clip."""
-    pts = _traces(runs, curves, "attn/max_logit")
+def max_logit_summary(runs: Runs, curves: pd.DataFrame,
+                      best_of: str | None = None) -> TraceSummary | None:
+    """Peak and final max attention logit per run and arm, clip events under QK-Clip;
+    ``best_of``: the setting that tells runs of one arm and condition apart (:func:`variants`)."""
+    pts = _traces(runs, curves, "attn/max_logit", best_of)
     if pts.empty:
         return None
     table = _per_run(runs, pts)
@@ -119,9 +137,11 @@ def max_logit_summary(runs: Runs, curves: pd.DataFrame) -> TraceSummary | None:
     return TraceSummary(table, Traces(pts, lines, "", "arm"), tuple(sentences))
 
 
-def imbalance_summary(runs: Runs, curves: pd.DataFrame) -> TraceSummary | None:
-    """Expert-load imbalance per run and arm: end of training, last quarter, peak."""
-    pts = _traces(runs, curves, "moe/imbalance")
+def imbalance_summary(runs: Runs, curves: pd.DataFrame,
+                      best_of: str | None = None) -> TraceSummary | None:
+    """Expert-load imbalance per run and arm: end of training, last quarter, peak;
+    ``best_of`` as in :func:`max_logit_summary`."""
+    pts = _traces(runs, curves, "moe/imbalance", best_of)
     if pts.empty:
         return None
     table = _per_run(runs, pts)

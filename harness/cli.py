@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ import click
 from harness.config import HarnessError, SweepConfig, TrialConfig, flatten, load_sweep, load_trial
 
 log = logging.getLogger("harness")
+
+UI_QUIET = "ignore:starlette.middleware.wsgi is deprecated"
+"""``PYTHONWARNINGS`` for ``harness ui``: the one library warning its start-up prints."""
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -32,6 +36,21 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def me() -> str:
+    """How to type this command again: ``harness`` when that is on PATH and is this program,
+    else the path it was started by (``.venv/bin/harness`` without the venv activated)."""
+    argv0 = Path(sys.argv[0])
+    found = shutil.which("harness")
+    if argv0.name != "harness":
+        return "harness"  # run as python -m or from a test: the usual name
+    if found is not None and Path(found).resolve() == argv0.resolve():
+        return "harness"
+    try:
+        return str(argv0.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(argv0)
+
+
 def _human(x: float) -> str:
     for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
         if abs(x) >= div:
@@ -39,12 +58,15 @@ def _human(x: float) -> str:
     return f"{x:.3g}"
 
 
-def trial_table(sweep: SweepConfig, trials: list[TrialConfig]) -> str:
-    """Plain-text table: varying keys, params, sparsity, tokens, FLOPs; then the total."""
+def trial_table(sweep: SweepConfig, trials: list[TrialConfig],
+                states: dict[str, str] | None = None) -> str:
+    """Plain-text table: varying keys, params, sparsity, tokens, FLOPs, state (``pending`` unless
+    the store has a run for the trial); then the totals."""
     from harness.naming import run_name
 
+    states = states or {}
     axes = sweep.axes
-    header = ["#", "name", *axes, "total", "active", "sparsity", "tokens", "FLOPs"]
+    header = ["#", "name", *axes, "total", "active", "sparsity", "tokens", "FLOPs", "state"]
     rows = []
     for i, t in enumerate(trials):
         flat = flatten(t.model_dump(mode="json"))
@@ -52,13 +74,15 @@ def trial_table(sweep: SweepConfig, trials: list[TrialConfig]) -> str:
         rows.append([
             str(i), run_name(t, sweep), *(str(flat[a]) for a in axes), _human(pc.total),
             _human(pc.active), f"{t.model.sparsity:g}", _human(t.train.tokens_trained),
-            f"{t.total_flops:.3g}",
+            f"{t.total_flops:.3g}", states.get(t.hash, "pending"),
         ])
     widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*header), *(fmt.format(*r) for r in rows)]
     total = sum(t.total_flops for t in trials)
-    lines.append(f"{len(trials)} trials, {total:.3g} training FLOPs in all")
+    todo = [t for t in trials if states.get(t.hash) not in ("finished", "diverged")]
+    lines.append(f"{len(trials)} trials, {total:.3g} training FLOPs in all; "
+                 f"{len(trials) - len(todo)} already done, {len(todo)} to run")
     return "\n".join(lines)
 
 
@@ -99,10 +123,12 @@ def submit(
     sweep = load_sweep(sweep_file, profile)
     check_sweep(sweep, str(sweep_file))
     if dry_run:
-        from harness.preflight import paths_summary
+        from harness.preflight import check_data, paths_summary
+        from harness.status import known_states
 
         trials = sweep.expand()
-        click.echo(trial_table(sweep, trials))
+        check_data(trials, load=False)
+        click.echo(trial_table(sweep, trials, known_states(sweep)))
         click.echo(paths_summary(trials))
         return
     _run(sweep, address, max_concurrent)
@@ -110,8 +136,10 @@ def submit(
 
 def _run(sweep: SweepConfig, address: str | None, max_concurrent: int | None) -> None:
     from harness.launch import submit as launch
+    from harness.launch.ray_setup import term_as_interrupt
     from harness.store import check_store
 
+    term_as_interrupt()
     check_store()
     s = launch(sweep, address=address, max_concurrent=max_concurrent)
     click.echo(
@@ -119,9 +147,9 @@ def _run(sweep: SweepConfig, address: str | None, max_concurrent: int | None) ->
         f"{s.diverged} diverged · {s.failed} failed · {s.wall_s:.0f}s"
     )
     if s.interrupted or s.failed:
-        click.echo(f"next: harness resume {sweep.name}")
+        click.echo(f"next: {me()} resume {sweep.name}")
         sys.exit(1)
-    click.echo(f"next: harness status {sweep.name} · make ui · make plots")
+    click.echo(f"next: {me()} status {sweep.name} · make ui · make plots")
 
 
 @cli.command()
@@ -187,12 +215,13 @@ def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None) -> Non
     Example:
       harness train my_trial.yaml   # a TrialConfig YAML: model/optim/data/train
     """
-    from harness.preflight import check_trial, default_storage
+    from harness.preflight import check_data, check_trial, default_storage
     from harness.store import Store, check_store
     from harness.train import run_trial
 
     trial = load_trial(trial_file)
     check_trial(trial, str(trial_file))
+    check_data([trial])
     check_store()
     store = Store()
     exp = store.ensure_experiment(experiment)
@@ -207,7 +236,7 @@ def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None) -> Non
 
     result = run_trial(trial, tracker, ckpt, on_log=on_log)
     click.echo(json.dumps(result.__dict__, indent=1))
-    click.echo(f"next: harness ui  (experiment '{experiment}')")
+    click.echo(f"next: {me()} ui  (experiment '{experiment}')")
 
 
 @cli.command()
@@ -220,40 +249,52 @@ def ui(host: str, port: int) -> None:
     Example:
       harness ui --port 5001
     """
-    from harness.store import default_tracking_uri
+    from harness.store import UI_PATH, Store, default_tracking_uri
 
     uri = default_tracking_uri()
     where = "this machine only" if host == "127.0.0.1" else f"ALL interfaces via {host}"
     if uri.startswith(("http://", "https://")):
-        click.echo(f"{uri} is an MLflow server: open {uri}/#/experiments", err=True)
+        click.echo(f"{uri} is an MLflow server: open {uri.rstrip('/')}{UI_PATH}", err=True)
         return
     click.echo(
-        f"MLflow UI on http://{host}:{port}/#/experiments?workflowType=machine_learning "
-        f"({where}; ready in ~30 s); store {uri}",
+        f"MLflow UI on http://{host}:{port}{UI_PATH} ({where}; ready in ~30 s); store {uri}",
         err=True,
     )
+    Store(uri)  # a new store is created and migrated here, under its lock, never by the server
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    # MLflow's server imports a Starlette module Starlette deprecates, and each of its four
+    # worker processes says so at start-up: nothing the user can act on
+    os.environ.setdefault("PYTHONWARNINGS", UI_QUIET)
     args = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-            "--host", host, "--port", str(port)]
+            "--host", host, "--port", str(port), "--app-name", "harness"]
     os.execv(sys.executable, args)
 
 
 @cli.command()
 @click.option("--experiment", "experiments", multiple=True, help="Sweep name (repeatable).")
 @click.option("--refresh", is_flag=True, help="Reread MLflow instead of the parquet cache.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("results"),
-              show_default=True)
-def plots(experiments: tuple[str, ...], refresh: bool, out: Path) -> None:
-    """Fit the laws and regenerate every figure, CSV table and results/report.md.
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write every sweep here (default: the sweeps of sweeps/*.yaml to results/, "
+              "any other sweep to results-local/).")
+def plots(experiments: tuple[str, ...], refresh: bool, out: Path | None) -> None:
+    """Fit the laws and regenerate every figure, CSV table and report.md.
+
+    The repository's studies (sweeps/*.yaml) go to results/, your own sweeps to results-local/
+    (not tracked by git), unless --out names one folder for all.
 
     \b
     Example:
       harness plots --experiment sparsity --refresh
+      harness plots --experiment mine --out my-results
     """
-    from analysis.report import make_all
+    from analysis.report import make_all, make_routed
 
-    written = make_all(list(experiments) or None, refresh=refresh, out_dir=out)
-    click.echo(f"wrote {len(written)} files under {out}/ (report: {out / 'report.md'})")
+    if out is not None:
+        routed = {out: make_all(list(experiments) or None, refresh=refresh, out_dir=out)}
+    else:
+        routed = make_routed(list(experiments) or None, refresh=refresh)
+    for folder, written in routed.items():
+        click.echo(f"wrote {len(written)} files under {folder}/ (report: {folder / 'report.md'})")
 
 
 @cli.command()

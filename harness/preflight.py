@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from harness.config import ConfigError, SweepConfig, TrialConfig
 from harness.memory import check_memory, checkpoint_bytes
@@ -27,6 +28,72 @@ def check_sweep(sweep: SweepConfig, source: str | None = None) -> None:
 def check_trial(trial: TrialConfig, where: str) -> None:
     """One trial fits this machine's memory; ``where`` names it in the error."""
     check_memory(trial, where)
+
+
+def check_data(trials: list[TrialConfig], load: bool = True) -> dict[str, str]:
+    """Check once per distinct data config that it can feed its trials, naming the key in a
+    one-line ConfigError: the path is a folder whose files match, and (``load``: reading and
+    tokenizing into the cache, as the trials would) the validation stream holds a window of
+    ``seq_len + 1`` tokens and the training stream more than one. Returns each trial's data id
+    (``data_sha``, what its run logs) by trial hash when ``load``, else {} (``--dry-run``: only
+    what costs nothing is checked)."""
+    by_data: dict[str, list[TrialConfig]] = {}
+    for t in trials:
+        by_data.setdefault(t.data.model_dump_json(), []).append(t)
+    ids: dict[str, str] = {}
+    for group in by_data.values():
+        cfg = group[0].data
+        where = f"data.path ({cfg.path})" if cfg.path else f"data.corpus ({cfg.corpus})"
+        _check_path(cfg.corpus, cfg.path, cfg.glob, where)
+        if load:
+            sha = _check_streams(group, where)
+            ids.update((t.hash, sha) for t in group)
+    return ids
+
+
+def _check_path(corpus: str, path: str | None, glob: str, where: str) -> None:
+    if corpus not in ("text", "tokens") or path is None:
+        return
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"{where}: not a folder ({root.resolve()})")
+    pattern = glob if corpus == "text" else "*.bin"
+    files = [p for p in root.glob(pattern) if p.is_file()]
+    if not files:
+        key = f"data.glob ({glob!r})" if corpus == "text" else "data.path"
+        raise ConfigError(f"{key}: no {pattern} files under {root}")
+    if sum(p.stat().st_size for p in files) == 0:
+        raise ConfigError(f"{where}: its {len(files)} files are empty")
+
+
+def _check_streams(group: list[TrialConfig], where: str) -> str:
+    """Load the group's data; its streams must fit the longest seq_len; returns its data id."""
+    from harness.data import load_data
+    from harness.store import data_sha
+
+    try:
+        data = load_data(group[0].data)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
+    need = max(t.train.seq_len for t in group) + 1
+    for stream, n in (("validation", len(data.val)), ("training", len(data.train))):
+        if n < need:
+            raise ConfigError(f"{where}: the {stream} stream has {n} tokens, fewer than "
+                              f"train.seq_len + 1 ({need}); give more data or a shorter seq_len")
+    return data_sha(data.fingerprint)
+
+
+def check_replays(done: dict[str, Any], ids: dict[str, str], names: dict[str, str]) -> None:
+    """A finished trial is never rerun, so its result must be about today's data: refuse when
+    its run logged another data id than its data gives now (files rewritten under the same
+    names, another Python's standard library)."""
+    for trial_hash, run in done.items():
+        logged, now = run.data.params.get("data_sha"), ids.get(trial_hash)
+        if logged is not None and now is not None and logged != now:
+            raise ConfigError(
+                f"trial {names.get(trial_hash, trial_hash)}: finished on data {logged}, but its "
+                f"data now gives {now}; its result would be replayed for other data: submit "
+                "under a new sweep name to train on the new data")
 
 
 def default_storage() -> Path:
@@ -62,7 +129,8 @@ def check_storage(storage: Path, trials: list[TrialConfig]) -> None:
     """Fail fast, in one line, when ``storage`` cannot take the sweep's checkpoints.
 
     The folder must take a new file (tried, since root ignores permission bits) and have room
-    for one checkpoint per trial to run plus the one being written (harness.memory).
+    for two checkpoints per trial to run (``ckpt.pt`` and the ``ckpt.prev.pt`` kept in case it is
+    damaged) plus the one being written (sizes from harness.memory).
     """
     try:
         storage.mkdir(parents=True, exist_ok=True)
@@ -71,7 +139,7 @@ def check_storage(storage: Path, trials: list[TrialConfig]) -> None:
     except OSError as e:
         raise ConfigError(f"HARNESS_STORAGE ({storage}): not writable ({e.strerror})") from None
     sizes = [checkpoint_bytes(t) for t in trials]
-    need = sum(sizes) + max(sizes, default=0)
+    need = 2 * sum(sizes) + max(sizes, default=0)
     free = shutil.disk_usage(storage).free
     if free < need:
         raise ConfigError(

@@ -31,13 +31,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.config import ConfigError, NotFoundError, SweepConfig, TrialConfig
+from harness.config import (
+    ConfigError,
+    NotFoundError,
+    SweepConfig,
+    TrialConfig,
+    check_name,
+    is_valid_name,
+)
+from harness.config.names import NAME_RULE
+from harness.locks import exclusive
 from harness.tracking import MLflowTracker, TrialStatus, with_retry
 
 log = logging.getLogger(__name__)
 
 SWEEP_RECORD = "sweep.json"
 """Artifact of the parent run holding the resolved sweep."""
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+"""The experiment tag MLflow 3's UI reads to open an experiment on its training runs view."""
+RESULTS_DIR = "results"
+"""Artifact folder of the parent run for the figures, tables and report section of a sweep."""
+UI_PATH = "/#/experiments?workflowType=machine_learning"
+"""The experiment list of the MLflow UI on the model-training view (not the GenAI welcome)."""
 _PARENTS = "tags.kind = 'sweep'"
 
 
@@ -50,14 +65,42 @@ def default_tracking_uri() -> str:
 
 
 def mlflow_client(uri: str | None = None) -> Any:
-    """An MlflowClient for ``uri`` (quiet: no alembic chatter on a new SQLite store)."""
+    """An MlflowClient for ``uri`` (quiet: no alembic chatter on a new SQLite store).
+
+    A SQLite store is created and migrated on first use; two commands doing that at once race
+    in MLflow's schema set-up (``alembic ... CommandError``, ``table _alembic_tmp_metrics already
+    exists``) and can leave it half-migrated. So the first use happens here, under a lock file
+    beside the database, and every other command waits for it.
+    """
     logging.getLogger("alembic").setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
-    # set after the import, which configures mlflow's loggers at INFO
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    # set after the import, which configures mlflow's loggers at INFO. The store's own logger
+    # prints a traceback for every failed statement (a full disk, a locked database) before
+    # the exception reaches the harness, which says what happened in one line.
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
 
-    return MlflowClient(tracking_uri=uri or default_tracking_uri())
+    uri = uri or default_tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    db = Path(uri.removeprefix("sqlite:///"))
+    with exclusive(db.with_name(db.name + ".lock"), wait=True):
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # the schema is created and migrated
+        except Exception as e:  # sqlalchemy / alembic raise many types
+            damage = next((s for s in _DAMAGED if s in str(e)), None)
+            if damage is None:
+                raise
+            raise ConfigError(
+                f"MLFLOW_TRACKING_URI ({uri}): the store is damaged ({damage}); restore "
+                f"{db.name} from a backup, or move it aside to start an empty store") from None
+    return client
+
+
+_DAMAGED = ("file is not a database", "database disk image is malformed",
+            "no such table", "Can't locate revision")
+"""What SQLite and alembic say of a truncated, overwritten or half-migrated store."""
 
 
 def store_exists(uri: str | None = None) -> bool:
@@ -131,17 +174,22 @@ class Store:
         return None if exp is None else str(exp.experiment_id)
 
     def ensure_experiment(self, name: str) -> str:
-        """Experiment id for ``name``, created (or restored from deletion) when needed."""
+        """Experiment id for ``name``, created (or restored from deletion) when needed, and
+        marked as model training so the MLflow UI opens it on its runs, not the GenAI view."""
+        check_name(name, "experiment")
         exp = self.client.get_experiment_by_name(name)
         if exp is not None:
             if exp.lifecycle_stage == "deleted":
                 self.client.restore_experiment(exp.experiment_id)
+            if exp.tags.get(EXPERIMENT_KIND) is None:
+                self.client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
             return str(exp.experiment_id)
         location = None
         if self.uri.startswith("sqlite:///"):
             root = Path(self.uri.removeprefix("sqlite:///")).parent / "mlartifacts"
             location = (root / name).as_uri()
-        return str(self.client.create_experiment(name, artifact_location=location))
+        tags = {EXPERIMENT_KIND: MODEL_TRAINING}
+        return str(self.client.create_experiment(name, artifact_location=location, tags=tags))
 
     def _search(self, experiment_id: str, filter_string: str) -> list[Any]:
         """Every run matching a filter (all pages)."""
@@ -156,9 +204,13 @@ class Store:
                 return runs
 
     def sweeps(self) -> list[tuple[str, Any]]:
-        """``(name, parent run)`` of every experiment that holds a harness sweep."""
+        """``(name, parent run)`` of every experiment that holds a harness sweep (experiments
+        whose names are not safe as folder names are left out, with a warning)."""
         out = []
         for exp in self.client.search_experiments():
+            if not is_valid_name(exp.name):
+                log.warning("skipping MLflow experiment %r: its name %s", exp.name, NAME_RULE)
+                continue
             parents = self._search(exp.experiment_id, _PARENTS)
             if parents:
                 out.append((exp.name, parents[0]))
@@ -251,6 +303,17 @@ class Store:
             key: {m.step: m.value for m in self.client.get_metric_history(run_id, key)}
             for key in keys
         }
+
+    def log_results(self, name: str, files: list[Path], section: str) -> None:
+        """A study's files and report section (``report.md``) as artifacts of the sweep's
+        parent run, under ``results/``."""
+        parent = self.parent(name)
+        if parent is None:
+            return
+        run_id = parent.info.run_id
+        for path in files:
+            self.client.log_artifact(run_id, str(path), RESULTS_DIR)
+        self.client.log_text(run_id, section, f"{RESULTS_DIR}/report.md")
 
     def log_missing_params(self, run: Any, params: dict[str, Any]) -> int:
         """Log the params ``run`` lacks (MLflow params are write-once); return how many."""

@@ -18,7 +18,20 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
+from harness.config import HarnessError
+
 log = logging.getLogger(__name__)
+
+
+class StoreFullError(HarnessError):
+    """The tracking store's disk is full: not transient, so nothing is retried."""
+
+
+class RunDeletedError(HarnessError):
+    """The trial's MLflow run was deleted (in the UI, say) while the trial was writing to it."""
+
+
+_FULL = ("database or disk is full", "No space left on device", "disk I/O error")
 
 
 class TrialStatus(StrEnum):
@@ -111,6 +124,10 @@ def with_retry(what: str, fn: Any, *args: Any, attempts: int = 8, **kwargs: Any)
         try:
             return fn(*args, **kwargs)
         except Exception as e:  # the store's client raises many types; all transient ones retried
+            full = next((s for s in _FULL if s in str(e)), None)
+            if full is not None:
+                raise StoreFullError(f"the MLflow store cannot take more data ({full}): free "
+                                     "space, then resume the sweep; nothing is lost") from None
             if attempt == attempts - 1 or getattr(e, "error_code", None) in _PERMANENT:
                 raise
             log.warning("MLflow %s failed (%s); retrying in %.1fs", what, type(e).__name__, delay)
@@ -168,10 +185,22 @@ class MLflowTracker:
             batch = self._pending[:MAX_BATCH]
             try:
                 with_retry("log metrics", self.client.log_batch, self.run_id, metrics=batch)
+            except StoreFullError:
+                raise
             except Exception as e:
+                if self.deleted():
+                    raise RunDeletedError(f"MLflow run {self.run_id} was deleted") from None
                 log.warning("MLflow unreachable (%s); %d points kept", e, len(self._pending))
                 return
             del self._pending[: len(batch)]
+
+    def deleted(self) -> bool:
+        """Whether the run is gone or deleted (a reachable store that refuses its writes)."""
+        try:
+            run = self.client.get_run(self.run_id)
+        except Exception as e:  # RESOURCE_DOES_NOT_EXIST once the run is purged
+            return getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
+        return bool(run.info.lifecycle_stage == "deleted")
 
     def log_artifact(self, name: str, text: str) -> None:
         with_retry("log artifact", self.client.log_text, self.run_id, text, name)

@@ -5,6 +5,11 @@ optimizer, step and the metric rows logged so far; a restarted trial loads it, r
 (trackers drop points they already have) and continues, so on CPU the resumed curve equals the
 uninterrupted one exactly. A finished trial leaves ``result.json`` and is never run twice.
 Batches are a pure function of (seed, step), so no data state is needed to resume.
+
+Each save keeps the checkpoint before it as ``ckpt.prev.pt``. A damaged ``ckpt.pt`` (torn,
+zeroed, bytes changed, not this trainer's) is set aside with one warning and the trial resumes
+from ``ckpt.prev.pt``, or restarts from step 0; a damaged ``result.json`` is set aside and the
+trial trained again (resumed, where a checkpoint is left). Either way the curve is the same.
 """
 
 from __future__ import annotations
@@ -21,33 +26,36 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from harness.checkpoint import save_atomic, write_json_atomic
-from harness.config import TrialConfig
+from harness.checkpoint import (
+    STALE_TEMP_S,
+    load_latest,
+    remove_temps,
+    save_atomic,
+)
+from harness.config import HarnessError, TrialConfig
 from harness.data import TokenData, load_data, train_batch, val_batches
 from harness.env import device_peak_flops, environment_tags, pick_device
 from harness.model.transformer import Telemetry, Transformer
 from harness.optim import build_optimizer, qk_clip_
+from harness.record import (
+    CKPT,
+    PREV,
+    RESULT,
+    TrialRecord,
+    TrialResult,
+    read_record,
+    write_record,
+)
 from harness.schedule import lr_multiplier
-from harness.store import trial_params
+from harness.store import data_sha, trial_params
 from harness.tracking import Tracker, TrialStatus
 
 log = logging.getLogger(__name__)
 
-CKPT, RESULT = "ckpt.pt", "result.json"
 
+class DataChangedError(HarnessError):
+    """A record or checkpoint was trained on other data than the trial now reads."""
 
-@dataclass(frozen=True)
-class TrialResult:
-    """Summary of a finished (or diverged) trial."""
-
-    status: TrialStatus  # finished | diverged (interrupted: stopped early, not a result)
-    steps: int
-    tokens: int
-    flops: float
-    final_train_loss: float
-    final_val_loss: float
-    wall_s: float
-    tokens_per_s: float
 
 
 @dataclass
@@ -103,6 +111,8 @@ class Trainer:
         return self.step * self.trial.train.batch_tokens
 
     # checkpoints -------------------------------------------------------------------------------
+    STATE_KEYS = ("model", "optimizer", "step", "rows", "run_max_logits", "elapsed", "rng")
+
     def state(self) -> dict[str, Any]:
         return {
             "model": self.model.state_dict(),
@@ -113,9 +123,11 @@ class Trainer:
             "elapsed": self.elapsed,
             "rng": torch.get_rng_state(),
             "window": asdict(self.window),
+            "data_sha": data_sha(self.data.fingerprint),
         }
 
-    def load(self, state: dict[str, Any]) -> None:
+    def load(self, state: dict[str, Any], path: Path | None = None) -> None:
+        same_data(state.get("data_sha"), self.data, path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
@@ -241,22 +253,53 @@ class Trainer:
         return "\n".join(lines) + "\n"
 
 
+def same_data(logged: str | None, data: TokenData, path: Path | None) -> None:
+    """Refuse to replay or resume from ``path`` when it was trained on other data than the
+    trial's data gives now (files rewritten under the same names, another Python's standard
+    library): its curve would be reported for data it never saw. Records without a data id
+    (older harness) pass."""
+    now = data_sha(data.fingerprint)
+    if logged is not None and logged != now:
+        raise DataChangedError(
+            f"{path or 'checkpoint'} was trained on data {logged}, but the trial's data now "
+            f"gives {now}: move {path.parent if path else 'it'} aside to train on the new data, "
+            "or restore the old data")
+
+
 def _replay(tracker: Tracker, rows: list[tuple[int, dict[str, float]]]) -> None:
     for step, metrics in rows:
         tracker.log_metrics(metrics, step=step)
 
 
-def _finished(tracker: Tracker, path: Path) -> TrialResult:
+def _finished(tracker: Tracker, record: TrialRecord) -> TrialResult:
     """Replay a finished trial's record into the tracker without training again."""
-    saved = json.loads(path.read_text())
-    tracker.set_tags(saved.get("tags", {}))
-    tracker.log_params(saved.get("params", {}))
-    _replay(tracker, [(int(s), m) for s, m in saved["rows"]])
-    for name, text in saved["artifacts"].items():
+    tracker.set_tags(record.tags)
+    tracker.log_params(record.params)
+    _replay(tracker, record.rows)
+    for name, text in record.artifacts.items():
         tracker.log_artifact(name, text)
-    result = TrialResult(**{**saved["result"], "status": TrialStatus(saved["result"]["status"])})
-    tracker.finish(result.status)
-    return result
+    tracker.finish(record.result.status)
+    return record.result
+
+
+def _resume(trainer: Trainer, ckpt_dir: Path) -> None:
+    """Load the newest checkpoint that reads back whole (damaged ones are set aside)."""
+    remove_temps(ckpt_dir / CKPT, older_than=STALE_TEMP_S)
+    found = load_latest([ckpt_dir / CKPT, ckpt_dir / PREV], Trainer.STATE_KEYS,
+                        map_location=trainer.device)
+    if found is not None:
+        path, state = found
+        trainer.load(state, path)
+        log.info("trial %s resumed at step %d from %s", trainer.trial.hash, trainer.step,
+                 path.name)
+
+
+def _clean_up(ckpt_dir: Path) -> None:
+    """After ``result.json`` is written: the checkpoints and any killed writer's temporaries."""
+    for name in (CKPT, PREV):
+        (ckpt_dir / name).unlink(missing_ok=True)
+    remove_temps(ckpt_dir / CKPT)
+    remove_temps(ckpt_dir / RESULT)
 
 
 def run_trial(
@@ -274,19 +317,20 @@ def run_trial(
     """
     tc = trial.train
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    data = load_data(trial.data, cache_dir)
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if (ckpt_dir / RESULT).exists():
+        done = read_record(ckpt_dir)
+        if done is not None:
+            same_data(done.params.get("data_sha"), data, ckpt_dir / RESULT)
             log.info("trial %s already finished; replaying its record", trial.hash)
-            return _finished(tracker, ckpt_dir / RESULT)
+            return _finished(tracker, done)
     if tc.threads:
         torch.set_num_threads(tc.threads)
     device = pick_device(tc.device)
-    data = load_data(trial.data, cache_dir)
     trainer = Trainer(trial, data, device)
-    if ckpt_dir is not None and (ckpt_dir / CKPT).exists():
-        trainer.load(torch.load(ckpt_dir / CKPT, weights_only=True, map_location=device))
-        log.info("trial %s resumed at step %d", trial.hash, trainer.step)
+    if ckpt_dir is not None:
+        _resume(trainer, ckpt_dir)
     tags = {**environment_tags(device), "trial_hash": trial.hash}
     params = trial_params(trial, data.fingerprint)
     tracker.set_tags(tags)
@@ -307,10 +351,8 @@ def run_trial(
     for name, text in artifacts.items():
         tracker.log_artifact(name, text)
     if ckpt_dir is not None:
-        record = {"result": asdict(result), "rows": trainer.rows, "artifacts": artifacts,
-                  "params": params, "tags": tags}
-        write_json_atomic(record, ckpt_dir / RESULT)
-        (ckpt_dir / CKPT).unlink(missing_ok=True)
+        write_record(TrialRecord(result, trainer.rows, artifacts, params, tags), ckpt_dir)
+        _clean_up(ckpt_dir)
     tracker.finish(status)
     return result
 
@@ -352,7 +394,7 @@ def _train(
             status = TrialStatus.DIVERGED
             break
         if ckpt_dir is not None and trainer.step % ckpt_steps == 0 and not last:
-            save_atomic(trainer.state(), ckpt_dir / CKPT)
+            save_atomic(trainer.state(), ckpt_dir / CKPT, previous=ckpt_dir / PREV)
         if stop_after is not None and trainer.step >= stop_after:
             return TrialStatus.INTERRUPTED
     return status

@@ -111,3 +111,12 @@ def test_defaults_are_valid_and_frozen() -> None:
 def test_grouped_routing_config_accepted() -> None:
     m = MoEConfig(n_routed_experts=16, top_k=4, n_groups=4, topk_groups=2)
     assert m.sparsity == 4
+
+
+def test_an_arm_label_as_optimizer_name_says_what_to_write() -> None:
+    with pytest.raises(ValidationError, match=r"'muonclip' is not an optimizer: MuonClip is "
+                                              r"name: muon with qk_clip_tau: 100"):
+        OptimConfig.model_validate({"name": "muonclip"})
+    with pytest.raises(ValidationError, match=r"name: adamw with qk_clip_tau"):
+        OptimConfig.model_validate({"name": "adamw+clip"})
+    assert OptimConfig(name="muon", qk_clip_tau=100).arm == "muonclip"

@@ -19,7 +19,7 @@ import pytest
 from sweeptools import HARNESS, child_runs, free_port, harness, trial_workers, write_sweep
 
 from harness.config import load_sweep
-from harness.store import mlflow_client
+from harness.store import Store, mlflow_client
 from harness.tracking import MemoryTracker
 from harness.train import run_trial
 
@@ -50,17 +50,34 @@ def test_sweep_dedup_divergence_and_new_grid_values(project: Path) -> None:
             assert steps_of(r.info.run_id) == list(range(2, 17, 2))
             assert "val/loss" in r.data.metrics and r.data.params["model.d_model"] == "32"
 
+    assert sweep_status("s4") == ("finished", "FINISHED")
     again = harness("submit", str(path))
     assert "4 already done" in again.stdout and "0 finished" in again.stdout
     assert len(child_runs("s4")) == 4
+    # a submit that only skips finished trials leaves the sweep finished (it was tagged
+    # incomplete and ended KILLED)
+    assert sweep_status("s4") == ("finished", "FINISHED")
+    dry = harness("submit", str(bigger_yaml(project)), "--dry-run").stdout
+    assert dry.count(" finished") == 2 and dry.count(" diverged") == 2, dry
+    assert dry.count(" pending") == 2 and "4 already done, 2 to run" in dry, dry
 
-    bigger = sweep_yaml(project, "s4", {"model.moe.n_routed_experts": [4, 8, 16],
-                                        "optim.lr": [3e-3, 50.0]})
-    more = harness("submit", str(bigger))
+    more = harness("submit", str(bigger_yaml(project)))
     assert "4 already done · 1 finished · 1 diverged" in more.stdout, more.stdout
     assert len(child_runs("s4")) == 6
     status = harness("status", "s4").stdout
     assert status.count("finished") == 3 and status.count("diverged") == 3
+    assert sweep_status("s4") == ("finished", "FINISHED")
+
+
+def bigger_yaml(project: Path) -> Path:
+    return sweep_yaml(project, "s4", {"model.moe.n_routed_experts": [4, 8, 16],
+                                      "optim.lr": [3e-3, 50.0]})
+
+
+def sweep_status(name: str) -> tuple[str, str]:
+    """The sweep parent run's status tag and MLflow status."""
+    parent = Store().parent(name)
+    return parent.data.tags["status"], parent.info.status
 
 
 def test_sigkilled_worker_resumes_into_the_same_run(project: Path) -> None:
@@ -108,6 +125,7 @@ def test_interrupted_driver_then_resume_finishes_without_rerunning(project: Path
     assert "6 trials" in resumed.stdout and "0 failed" in resumed.stdout, resumed.stdout
     runs = child_runs("intr")
     assert len(runs) == 6 and {r.data.tags["status"] for r in runs} == {"finished"}
+    assert sweep_status("intr") == ("finished", "FINISHED")  # the resume completed it
     for r in runs:
         steps = steps_of(r.info.run_id)
         assert steps == sorted(set(steps)) and steps[-1] == 60

@@ -28,3 +28,17 @@ def test_a_null_value_reads_off_and_the_clip_shows_in_the_arm() -> None:
     got = names({"optim.qk_clip_tau": [None, 100.0]}, base={"optim": {"name": "muon"},
                                                           "train": {"tokens": 16384}})
     assert got == ["tauoff-muon-s0", "tau100-muonclip-s0"]
+
+
+def test_values_get_the_digits_that_tell_them_apart() -> None:
+    assert names({"optim.lr": [1.0e-3, 1.5e-3, 2.0e-3, 3.0e-3]}) == [
+        "lr1e-3-adamw-s0", "lr1.5e-3-adamw-s0", "lr2e-3-adamw-s0", "lr3e-3-adamw-s0"]
+    assert names({"train.tokens": [1_500_000, 1_500_001]}) == ["T1.5M-adamw-s0",
+                                                               "T1.500001M-adamw-s0"]
+    assert names({"optim.lr": [0.02, 0.0200001]}) == ["lr0.02-adamw-s0", "lr0.0200001-adamw-s0"]
+
+
+def test_only_the_axis_that_collides_gets_more_digits() -> None:
+    got = names({"optim.lr": [2.0e-3, 2.4e-3], "train.tokens": [1_500_000, 2_000_000]})
+    assert got == ["lr2e-3-T1.5M-adamw-s0", "lr2e-3-T2M-adamw-s0",
+                   "lr2.4e-3-T1.5M-adamw-s0", "lr2.4e-3-T2M-adamw-s0"]

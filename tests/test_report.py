@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -299,3 +300,33 @@ def test_logits_study_keeps_the_unclipped_arm_as_its_baseline() -> None:
     assert set(changes["baseline"]) == {"qk_clip_tau=none"}
     (head,) = result.headlines
     assert "qk_clip_tau=none" in head.ours and head.verdict.startswith("agrees")
+
+
+def test_results_are_logged_to_the_sweeps_parent_run(made: Made) -> None:
+    store = Store(f"sqlite:///{made.store / 'mlflow.db'}")
+    parent = store.parent("mult")
+    listed = {a.path for a in store.client.list_artifacts(parent.info.run_id, "results")}
+    assert {"results/report.md", "results/multipliers.png", "results/runs.csv"} <= listed
+    with tempfile.TemporaryDirectory() as tmp:
+        text = Path(store.client.download_artifacts(parent.info.run_id, "results/report.md",
+                                                    tmp)).read_text()
+    assert text.startswith("## mult") and "(./multipliers.png)" in text
+
+
+def test_plots_keep_the_repositorys_sweeps_apart_from_a_users(
+    made: Made, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sweeps that sweeps/*.yaml defines go to results/, the user's own to results-local/."""
+    from analysis.report import make_routed, shipped_sweeps
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "sweeps" / "mult.yaml").write_text(
+        "name: mult\nprofiles: {gpu: {resources: {gpu: 1}}}\n")
+    assert shipped_sweeps() == {"mult", "mult-gpu"}
+    routed = make_routed(None, uri=f"sqlite:///{made.store / 'mlflow.db'}", n_boot=0)
+    assert set(routed) == {Path("results"), Path("results-local")}
+    assert {p.parts[1] for p in routed[Path("results")] if p.suffix == ".png"} == {"mult"}
+    assert {p.parts[1] for p in routed[Path("results-local")] if p.suffix == ".png"} == {
+        "tiny", "onearm"}
+    assert "## tiny" not in (tmp_path / "results" / "report.md").read_text()

@@ -57,3 +57,12 @@ def test_resume_reads_the_stored_sweep_and_repair_logs_derived_params(project: P
         done = run.data.tags["status"] in ("finished", "diverged")
         assert all(k in run.data.params for k in (*DERIVED, "data_sha")) == done
     assert repair("st") == 0
+
+
+def test_trial_table_lists_pending_trials_too(project: Path) -> None:
+    store, sweep = make_sweep(project)
+    bigger = sweep.model_copy(update={"grid": {"model.moe.n_routed_experts": [16, 4, 8, 32]}})
+    store.open_sweep(bigger)  # the sweep record now expands to one trial with no run yet
+    rows = status_text("st").splitlines()[1:]
+    assert len(rows) == 4
+    assert [r.split()[2] for r in rows if r.startswith("E32")] == ["pending"]

@@ -135,3 +135,71 @@ def test_cli_dry_run_prints_table_and_bad_input_exits_2(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "colour: unknown key" in err[0]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+# --- messages that name the key as written, and the nearest valid one --------------------------
+
+TYPOS = [
+    ({**BASE, "grid": {"optim.nam": ["adamw"]}},
+     "grid.optim.nam: unknown key (did you mean optim.name?) (trial optim.nam=adamw, "),
+    ({**BASE, "grid": {}, "zip": {"optim.lrr": [1e-3, 2e-3]}},
+     "zip.optim.lrr: unknown key (did you mean optim.lr?)"),
+    ({**BASE, "grid": {"model.moee.top_k": [2]}},
+     "grid.model.moee.top_k: unknown key (did you mean model.moe.top_k?)"),
+    ({**BASE, "base": {**BASE["base"], "optim": {"nam": "adamw"}}},
+     "base.optim.nam: unknown key (did you mean base.optim.name?)"),
+    ({**BASE, "nmae": "t"}, "nmae: unknown key (did you mean name?)"),
+    ({**BASE, "resources": {"gpus": 1}},
+     "resources.gpus: unknown key (did you mean resources.gpu?)"),
+    ({**BASE, "profiles": {"p": {"grdi": {}}}},
+     "profiles.p.grdi: unknown key (did you mean profiles.p.grid?)"),
+    ({**BASE, "profiles": {"p": {"base": {"optim": {"lrr": 1}}}}},
+     "profiles.p.base.optim.lrr: unknown key (did you mean profiles.p.base.optim.lr?)"),
+    ({**BASE, "profiles": {"p": {"grid": {"optim.nam": ["muon"]}}}},
+     "profiles.p.grid.optim.nam: unknown key (did you mean optim.name?)"),
+    ({**BASE, "grid": {}, "base": {**BASE["base"], "optim": {"name": "muonclip"}}},
+     "base.optim.name: 'muonclip' is not an optimizer: MuonClip is name: muon with "
+     "qk_clip_tau: 100 (K2)"),
+    ({**BASE, "grid": {"optim.name": ["adamw", "adamw+clip"]}},
+     "grid.optim.name: 'adamw+clip' is not an optimizer: AdamW with QK-Clip is name: adamw "
+     "with qk_clip_tau: 100"),
+    ({**BASE, "colour": 1}, "colour: unknown key"),
+]
+
+
+@pytest.mark.parametrize(("data", "needle"), TYPOS, ids=[t[1][:32] for t in TYPOS])
+def test_typos_name_the_key_as_written_and_the_nearest_valid_one(
+    tmp_path: Path, data: dict, needle: str
+) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_sweep(write(tmp_path, data))
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 's.yaml'}: {needle}"), msg
+    assert "\n" not in msg
+
+
+def test_an_unused_profile_is_validated_too(tmp_path: Path) -> None:
+    data = {**BASE, "profiles": {"ok": {"seeds": [0]},
+                                 "bad": {"grid": {"model.moe.top_k": [2, 9]}}}}
+    path = write(tmp_path, data)
+    for profile in (None, "ok"):
+        with pytest.raises(ConfigError, match=r"profiles\.bad\.base\.model\.moe: top_k \(9\)"):
+            load_sweep(path, profile)
+
+
+def test_bad_keys_exit_2_in_one_line_from_the_command(project: Path) -> None:
+    from sweeptools import harness
+
+    cases = {"grid": ({**BASE, "grid": {"optim.nam": ["adamw"]}},
+                      "grid.optim.nam: unknown key (did you mean optim.name?)"),
+             "muonclip": ({**BASE, "grid": {"optim.name": ["muonclip"]}},
+                          "'muonclip' is not an optimizer: MuonClip is name: muon with "
+                          "qk_clip_tau: 100 (K2)")}
+    for name, (data, needle) in cases.items():
+        out = harness("submit", str(write(project, data, f"{name}.yaml")), "--dry-run",
+                      check=False, timeout=120)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1, out.stderr
+        assert lines[0].startswith(f"harness: error: {project / name}.yaml: ")
+        assert needle in lines[0], lines[0]
+    assert not (project / "mlflow.db").exists()

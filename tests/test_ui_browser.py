@@ -86,6 +86,7 @@ class Served:
     base_url: str
     experiment_id: str
     run_ids: list[str]
+    log: Path  # what `harness ui` printed
 
 
 def _free_port() -> int:
@@ -146,7 +147,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             "experiment"]["experiment_id"]
         runs = _api(base_url, "runs/search", {"experiment_ids": [exp_id], "max_results": 100,
                                               "filter": "tags.trial_hash != ''"})["runs"]
-        yield Served(base_url, exp_id, [r["info"]["run_id"] for r in runs])
+        yield Served(base_url, exp_id, [r["info"]["run_id"] for r in runs], log)
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
@@ -210,10 +211,35 @@ def _expand_parent(driver: Any, timeout: float = 90) -> None:
             time.sleep(1)
 
 
+def _open_from_the_list(driver: Any, served: Served) -> None:
+    """Open the UI's front page as a new user does, then click the sweep in the list."""
+    driver.get(f"{served.base_url}/")
+    link = _wait(driver, f"//a[normalize-space(.)='{SWEEP}']")
+    _close_assistant(driver)
+    link.click()
+    _wait(driver, _run_link(SWEEP))  # the parent run is named by the sweep
+
+
+def test_clicking_a_sweep_in_the_list_opens_its_training_runs(served: Served,
+                                                              browser: Any) -> None:
+    """MLflow 3 opens on its GenAI view and led every experiment link to a GenAI overview
+    ("Traces 0") before ``harness ui`` set the model-training view as the default."""
+    _open_from_the_list(browser, served)
+    url = browser.current_url
+    assert f"/experiments/{served.experiment_id}/runs" in url, url
+    assert "workflowType=machine_learning" in url and "overview" not in url, url
+    text = _page_text(browser)
+    assert "Model training" in text and "Traces 0" not in text
+
+
+def test_the_ui_start_is_quiet(served: Served) -> None:
+    """No library warnings on the user's terminal (four StarletteDeprecationWarnings before)."""
+    log = served.log.read_text()
+    assert "Warning" not in log and "Traceback" not in log, log[-3000:]
+
+
 def test_chart_view_shows_each_trials_loss_curve(served: Served, browser: Any) -> None:
-    browser.get(f"{served.base_url}/#/experiments/{served.experiment_id}"
-                "?workflowType=machine_learning")
-    _wait(browser, _run_link(SWEEP))  # the parent run is named by the sweep
+    _open_from_the_list(browser, served)
     assert "/runs" in browser.current_url
     _close_assistant(browser)
     browser.find_element(By.XPATH, "//input[@value='CHART']/ancestor::label").click()

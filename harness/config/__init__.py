@@ -8,6 +8,7 @@ imports torch, Ray, MLflow or any other part of the harness.
 from harness.config.accounting import ParamCounts
 from harness.config.errors import ConfigError, HarnessError, NotFoundError
 from harness.config.files import load_sweep, load_trial, read_yaml
+from harness.config.names import check_name, is_valid_name
 from harness.config.sweep import AnalysisSpec, Resources, SweepConfig
 from harness.config.trial import (
     MAX_LOGIT_CHUNK_ELEMS,
@@ -43,7 +44,9 @@ __all__ = [
     "SweepConfig",
     "TrainConfig",
     "TrialConfig",
+    "check_name",
     "flatten",
+    "is_valid_name",
     "load_sweep",
     "load_trial",
     "read_yaml",

@@ -9,30 +9,88 @@ whether a trial fits is :mod:`harness.preflight`'s question.
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 import math
 import re
-from typing import Any, Literal, Self
+import types
+from collections.abc import Sequence
+from typing import Any, Literal, Self, Union, get_args, get_origin
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
 from harness.config.errors import ConfigError
+from harness.config.names import NAME_RULE, is_valid_name
 from harness.config.trial import Frozen, TrialConfig
 
 MAX_TRIALS = 10_000
 """Most trials one sweep may expand to (a typo in a grid should not hang the expansion)."""
 
 
-def one_line(err: ValidationError, prefix: str = "") -> str:
-    """First pydantic error as ``key.path: rule`` (plus how many more there were)."""
+def one_line(err: ValidationError, prefix: str = "", model: type[BaseModel] | None = None) -> str:
+    """First pydantic error as ``key.path: rule`` (plus how many more there were).
+
+    ``prefix`` is where the validated mapping sits in the file (``profiles.gpu``); with the
+    validated ``model`` an unknown key also names the nearest valid one (``did you mean ...?``)."""
     errors = err.errors(include_url=False)
     first = errors[0]
-    loc = ".".join(str(x) for x in (prefix, *first["loc"]) if x != "")
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-    return f"{loc or '(top level)'}: {msg}{more}"
+    loc = _loc(first)
+    hint = unknown_key_hint(model, loc) if model is not None else None
+    return _line(dotted(prefix, *loc), first, dotted(prefix, *hint) if hint else None,
+                 len(errors) - 1)
+
+
+def dotted(*parts: str) -> str:
+    """``a.b.c`` from the non-empty parts."""
+    return ".".join(p for p in parts if p)
+
+
+def _loc(error: ErrorDetails) -> tuple[str, ...]:
+    return tuple(str(x) for x in error["loc"])
+
+
+def _line(key: str, error: ErrorDetails, hint: str | None, more: int) -> str:
+    """``key: rule``, the rule in the words of pydantic unless it is an unknown key."""
+    msg = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        msg = f"unknown key (did you mean {hint}?)" if hint else "unknown key"
+    tail = f" (and {more} more)" if more else ""
+    return f"{key or '(top level)'}: {msg}{tail}"
+
+
+def unknown_key_hint(model: type[BaseModel], loc: Sequence[str]) -> tuple[str, ...] | None:
+    """``loc`` with its last key replaced by the closest valid key at that level of ``model``
+    (``("optim", "nam")`` -> ``("optim", "name")``), or None when no key is close."""
+    if not loc:
+        return None
+    match = difflib.get_close_matches(loc[-1], _fields_at(model, loc[:-1]), n=1)
+    return (*loc[:-1], match[0]) if match else None
+
+
+def _fields_at(model: type[BaseModel], loc: Sequence[str]) -> list[str]:
+    """Field names of the config class found at ``loc`` under ``model`` ([] if none is)."""
+    cls: type[BaseModel] | None = model
+    for key in loc:
+        field = cls.model_fields.get(key) if cls is not None else None
+        cls = _model_in(field.annotation) if field is not None else None
+    return list(cls.model_fields) if cls is not None else []
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model an annotation holds: ``X`` or ``X | None``; None for anything else."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        return next((m for a in get_args(annotation) if (m := _model_in(a))), None)
+    return None
 
 
 def set_dotted(d: dict[str, Any], path: str, value: Any) -> None:
@@ -47,10 +105,14 @@ def set_dotted(d: dict[str, Any], path: str, value: Any) -> None:
     node[leaf] = value
 
 
+MIN_CPU = 1e-4
+"""Ray schedules resources in steps of 0.0001: a finer ``resources.cpu`` can never be placed."""
+
+
 class Resources(Frozen):
     """Per-trial resources for Ray; GPU fractions pack several trials on one GPU."""
 
-    cpu: float = Field(1.0, gt=0, description="CPU cores per trial")
+    cpu: float = Field(1.0, ge=MIN_CPU, description="CPU cores per trial (at least 0.0001)")
     gpu: float = Field(0.0, ge=0, description="GPUs per trial (fractions allowed)")
 
 
@@ -93,8 +155,8 @@ class SweepConfig(Frozen):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}", v):
-            raise ValueError("must be 1-64 letters, digits, '_', '.', '-' (no spaces)")
+        if not is_valid_name(v):  # it becomes folder and file names (harness.config.names)
+            raise ValueError(NAME_RULE)
         return v
 
     @field_validator("grid", "zip")
@@ -157,25 +219,63 @@ class SweepConfig(Frozen):
     def labelled_trials(self) -> list[tuple[str, TrialConfig]]:
         """``(label, trial)`` pairs; the label names the trial's axis values for messages
         (``trial model.d_model=2048, train.seed=0``)."""
-        if self._trials is None:
-            self._trials = self._expand()
+        self.check()
+        assert self._trials is not None
         return list(self._trials)
 
-    def _expand(self) -> list[tuple[str, TrialConfig]]:
+    def check(self, where: str = "") -> None:
+        """Expand and keep the trials (once); a bad point raises ConfigError naming the key as
+        the file spells it under ``where`` (``profiles.gpu`` for an applied profile):
+        ``grid.optim.nam: unknown key (did you mean optim.name?) (trial ...)``."""
+        if self._trials is None:
+            self._trials = self._expand(where)
+
+    def _sources(self) -> dict[str, str]:
+        """Which part of the file sets each point key: ``grid``, ``zip`` or ``seeds``."""
+        return {**dict.fromkeys(self.grid, "grid"), **dict.fromkeys(self.zip, "zip"),
+                "train.seed": "seeds"}
+
+    def _expand(self, where: str) -> list[tuple[str, TrialConfig]]:
         out: list[tuple[str, TrialConfig]] = []
         seen: set[str] = set()
+        sources = self._sources()
         for point in self.points():
+            values = ", ".join(f"{k}={v}" for k, v in point.items() if k in self.axes)
+            label = f"trial {values or 'base'}"
             raw = copy.deepcopy(self.base)
             for key, value in point.items():
-                set_dotted(raw, key, value)
-            where = ", ".join(f"{k}={v}" for k, v in point.items() if k in self.axes)
-            label = f"trial {where or 'base'}"
+                try:
+                    set_dotted(raw, key, value)
+                except ConfigError as e:
+                    raise ConfigError(f"{dotted(where, sources[key])}.{e} ({label})") from None
             try:
                 trial = TrialConfig.model_validate(raw)
             except ValidationError as e:
-                raise ConfigError(f"{one_line(e, 'base')} ({label})") from None
+                raise ConfigError(f"{_trial_error(e, sources, where)} ({label})") from None
             if trial.hash in seen:
-                raise ConfigError(f"grid: two trials resolve to the same config ({point})")
+                raise ConfigError(
+                    f"{dotted(where, 'grid')}: two trials resolve to the same config ({point})"
+                )
             seen.add(trial.hash)
             out.append((label, trial))
         return out
+
+
+def _trial_error(err: ValidationError, sources: dict[str, str], where: str) -> str:
+    """A trial's first error, located where the user wrote the key: in ``base``, or the grid,
+    zip or seeds axis that set it (``grid.optim.nam``, hint ``optim.name``)."""
+    errors = err.errors(include_url=False)
+    first = errors[0]
+    loc = _loc(first)
+    at = ".".join(loc)
+    unknown = first["type"] == "extra_forbidden"
+    hint = unknown_key_hint(TrialConfig, loc) if unknown else None
+    axis = next((a for a in sources if at == a or at.startswith(f"{a}.")
+                 or (unknown and a.startswith(f"{at}."))), None)
+    if axis is None:
+        return _line(dotted(where, "base", at), first,
+                     dotted(where, "base", *hint) if hint else None, len(errors) - 1)
+    section = sources[axis]
+    key = section if section == "seeds" else f"{section}.{axis}{at[len(axis):]}"
+    axis_hint = ".".join(hint) + axis[len(at):] if hint else None
+    return _line(dotted(where, key), first, axis_hint, len(errors) - 1)

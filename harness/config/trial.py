@@ -14,7 +14,7 @@ import hashlib
 import json
 from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from harness.config.accounting import ParamCounts, flops_per_token, param_counts
 
@@ -200,6 +200,15 @@ class ModelConfig(Frozen):
         )
 
 
+ARM_NOT_NAME = {
+    "muonclip": "MuonClip is name: muon with qk_clip_tau: 100 (K2)",
+    "muon+clip": "MuonClip is name: muon with qk_clip_tau: 100 (K2)",
+    "adamw+clip": "AdamW with QK-Clip is name: adamw with qk_clip_tau: 100",
+}
+"""Arm labels (:attr:`OptimConfig.arm`, and ``muon+clip``) written as ``optim.name``, with what
+to write instead."""
+
+
 class OptimConfig(Frozen):
     """Optimizer arm: AdamW, or Muon for hidden matrices (+ AdamW for the rest); QK-Clip on top."""
 
@@ -221,6 +230,14 @@ class OptimConfig(Frozen):
     qk_clip_tau: float | None = Field(
         None, gt=0, description="QK-Clip threshold on max attention logits (null = off)"
     )
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, v: Any) -> Any:
+        hint = ARM_NOT_NAME.get(v.lower()) if isinstance(v, str) else None
+        if hint:
+            raise ValueError(f"{v!r} is not an optimizer: {hint}")
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -374,6 +391,11 @@ class TrialConfig(Frozen):
             raise ValueError(
                 f"model.vocab_size ({self.model.vocab_size}) must be >= the data vocabulary "
                 f"({self.data.n_vocab}, corpus {self.data.corpus}, tokenizer {self.data.tokenizer})"
+            )
+        if self.data.val_tokens < self.train.seq_len + 1:
+            raise ValueError(
+                f"data.val_tokens ({self.data.val_tokens}) must be >= train.seq_len + 1 "
+                f"({self.train.seq_len + 1}): the validation set is windows of seq_len + 1 tokens"
             )
         return self
 

@@ -21,11 +21,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config import SweepConfig, TrialConfig
-from harness.launch.callback import MLflowCallback, tune_callback
+from harness.launch.callback import MLflowCallback, tune_callback, tune_stopper
 from harness.launch.ray_setup import init_ray, ray_env
 from harness.launch.worker import TrialSpec, trainable
+from harness.locks import exclusive, sweep_lock_path
 from harness.naming import run_name
-from harness.preflight import check_resources, check_storage, default_storage
+from harness.preflight import (
+    check_data,
+    check_replays,
+    check_resources,
+    check_storage,
+    default_storage,
+)
 from harness.store import Store
 from harness.tracking import TrialStatus
 
@@ -59,15 +66,23 @@ def submit(
     trials = sweep.expand()
     storage = storage or default_storage()
     check_storage(storage, [])  # writable, before MLflow or Ray is touched
+    busy = (f"sweep '{sweep.name}' is being run by another submit or resume ({{holder}}): "
+            f"wait for it to end, or stop it and `harness resume {sweep.name}`")
+    with exclusive(sweep_lock_path(storage, sweep.name), busy):
+        return _submit(sweep, trials, storage, address, max_concurrent, uri, t0)
+
+
+def _submit(sweep: SweepConfig, trials: list[TrialConfig], storage: Path, address: str | None,
+            max_concurrent: int | None, uri: str | None, t0: float) -> SubmitSummary:
+    ids = check_data(trials)
     store = Store(uri)
     done = store.finished(sweep.name)
+    check_replays(done, ids, {t.hash: run_name(t, sweep) for t in trials})
     todo = [t for t in trials if t.hash not in done]
     check_storage(storage, todo)  # room for the checkpoints of what will run
     log.info("%s: %d trials, %d already finished, %d to run", sweep.name, len(trials),
              len(trials) - len(todo), len(todo))
-    cb = MLflowCallback(sweep, trials, store)
-    cb.n_todo = len(todo)
-    cb.todo_tokens = sum(t.train.tokens_trained for t in todo)
+    cb = MLflowCallback(sweep, trials, store, done_before=set(done))
     if not todo:
         cb.close(interrupted=False)
         return _summary(cb, trials, len(trials), False, t0)
@@ -91,6 +106,7 @@ def submit(
             storage_path=str(storage / "ray"),
             failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
             callbacks=[tune_callback(cb)],
+            stop=tune_stopper(cb),
             verbose=0,
         ),
     )
@@ -107,6 +123,8 @@ def submit(
                   if not cb.status_of(t.hash).done and cb.status_of(t.hash) != TrialStatus.FAILED]
     interrupted = bool(unfinished)
     cb.close(interrupted=interrupted)
+    if cb.fatal is not None:
+        raise cb.fatal  # one line from the CLI; resume restores every point from the records
     return _summary(cb, trials, len(trials) - len(todo), interrupted, t0)
 
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 def ray_env(address: str | None) -> str | None:
@@ -36,3 +40,15 @@ def init_ray(address: str | None) -> None:
         log_to_driver=True,
         runtime_env={"env_vars": {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}},
     )
+    term_as_interrupt()  # ray.init installs a SIGTERM handler that aborts with a stack dump
+
+
+def term_as_interrupt() -> None:
+    """SIGTERM (``timeout``, systemd, Kubernetes, Slurm preemption) stops a sweep the way Ctrl-C
+    does: Ray Tune ends the trials cleanly on SIGINT, so SIGTERM is turned into it."""
+
+    def forward(signum: int, frame: Any) -> None:
+        log.warning("SIGTERM: stopping the sweep as for Ctrl-C")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signal.signal(signal.SIGTERM, forward)

@@ -202,6 +202,7 @@ def test_the_checker_catches_what_it_looks_for(tmp_path: Path) -> None:
 
 def test_paths_are_resolved_and_shown_before_anything_runs(project: Path) -> None:
     (project / "corpus").mkdir()
+    (project / "corpus" / "a.txt").write_text("text " * 2000)  # an empty folder is refused
     raw = trial_dict(16)
     raw["data"] = {"corpus": "text", "path": "corpus", "val_tokens": 2048}
     spec = {"name": "paths", "base": raw, "grid": {"optim.lr": [1e-3, 2e-3]}}
@@ -220,6 +221,7 @@ def test_paths_are_resolved_and_shown_before_anything_runs(project: Path) -> Non
 
 def test_dry_run_prints_the_resolved_paths(project: Path) -> None:
     (project / "corpus").mkdir()
+    (project / "corpus" / "a.txt").write_text("text " * 2000)  # an empty folder is refused
     raw = trial_dict(16)
     raw["data"] = {"corpus": "text", "path": "corpus", "val_tokens": 2048}
     (project / "p.yaml").write_text(yaml.safe_dump({"name": "p", "base": raw}))

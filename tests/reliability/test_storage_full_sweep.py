@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -34,6 +35,23 @@ def fill(folder: Path) -> Path:
     return filler
 
 
+def submit_then_fill(path: Path, env: dict[str, str], checkpoints: Path, full: Path,
+                     code: int = 1) -> tuple[str, float, Path]:
+    """Submit, fill ``full``'s filesystem once a first checkpoint exists, wait for the driver
+    to exit with ``code``: (its output, seconds from full to exit, the filler file)."""
+    proc = subprocess.Popen([HARNESS, "submit", str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 400
+    while not list(checkpoints.glob("*/ckpt.pt")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[0]
+        time.sleep(0.1)
+    filler = fill(full)
+    t_full = time.monotonic()
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == code, out[-4000:]
+    return out, time.monotonic() - t_full, filler
+
+
 @pytest.mark.reliability_slow
 @pytest.mark.timeout(900)
 def test_disk_full_mid_sweep_fails_fast_then_resumes(project: Path) -> None:
@@ -44,17 +62,9 @@ def test_disk_full_mid_sweep_fails_fast_then_resumes(project: Path) -> None:
                            max_failures=2)
         env = {**os.environ, "HARNESS_STORAGE": str(store.path)}
         t0 = time.monotonic()
-        proc = subprocess.Popen([HARNESS, "submit", str(path)], stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, env=env)
-        deadline = time.monotonic() + 400
-        while not list((store.path / "checkpoints").glob("*/ckpt.pt")):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
-            time.sleep(0.1)
-        filler = fill(store.path)
-        t_full = time.monotonic()
-        out, _ = proc.communicate(timeout=600)
-        after_full = time.monotonic() - t_full
-        assert proc.returncode == 1 and "next: harness resume full" in out, out[-4000:]
+        out, after_full, filler = submit_then_fill(path, env, store.path / "checkpoints",
+                                                   store.path)
+        assert re.search(r"next: \S*harness resume full", out), out[-4000:]
         reasons = [ln for ln in out.splitlines() if " failed: " in ln and "trial " in ln]
         assert reasons, out[-4000:]
         assert all("cannot write checkpoint" in ln and "No space left on device" in ln
@@ -76,3 +86,31 @@ def test_disk_full_mid_sweep_fails_fast_then_resumes(project: Path) -> None:
               f"{points} points, 0 lost, 0 duplicated; {time.monotonic() - t0:.0f}s")
     finally:
         store.unmount()
+
+
+@pytest.mark.reliability_slow
+@pytest.mark.timeout(900)
+def test_full_disk_under_the_tracking_store_stops_in_seconds(project: Path) -> None:
+    """The store's disk fills mid-sweep: before the fix the driver retried for 5-8 minutes
+    (~20 per trial) printing thousands of ``database or disk is full`` tracebacks."""
+    mount = Tmpfs.mount(project / "db", "24m")
+    try:
+        uri = f"sqlite:///{mount.path / 'mlflow.db'}"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+        path = write_sweep(project, "dbfull", {"model.moe.n_routed_experts": [4, 8]}, steps=200,
+                           train={"log_every": 1})
+        out, stopped_in, filler = submit_then_fill(path, env, project / ".harness" /
+                                                   "checkpoints", mount.path, code=2)
+        assert "the MLflow store cannot take more data (database or disk is full)" in out
+        assert out.count("Traceback") == 0 and stopped_in < 90, (stopped_in, out[-4000:])
+        filler.unlink()
+        resumed = harness("resume", "dbfull", env={"MLFLOW_TRACKING_URI": uri}, timeout=600)
+        assert "0 failed" in resumed.stdout, resumed.stdout[-2000:]
+        runs = child_runs("dbfull", uri)
+        assert {r.data.tags["status"] for r in runs} == {"finished"}
+        for run in runs:
+            hist = histories(run, uri)
+            assert_each_step_once(hist, run.info.run_name)
+            assert [s for s, _ in hist["train/loss"]] == list(range(1, 201))
+    finally:
+        mount.unmount()

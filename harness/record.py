@@ -1,0 +1,100 @@
+"""A finished trial's record, ``result.json``: written once when the trial ends, read back
+(checked whole) when a restarted trial finds it, so a finished trial is never trained twice.
+
+The record holds the result, every metric row, the artifacts, and the params and tags the run
+logged (``params["data_sha"]`` names the data it was trained on). A damaged record is set aside
+(``harness.checkpoint.set_aside``) and the trial trained again. This module is the one that
+writes and reads the format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from harness.checkpoint import DamagedFileError, read_json, set_aside, write_json_atomic
+from harness.tracking import TrialStatus
+
+CKPT, PREV, RESULT = "ckpt.pt", "ckpt.prev.pt", "result.json"
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """Summary of a finished (or diverged) trial."""
+
+    status: TrialStatus  # finished | diverged (interrupted: stopped early, not a result)
+    steps: int
+    tokens: int
+    flops: float
+    final_train_loss: float
+    final_val_loss: float
+    wall_s: float
+    tokens_per_s: float
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A finished trial's ``result.json``, checked whole before any of it is replayed."""
+
+    result: TrialResult
+    rows: list[tuple[int, dict[str, float]]]
+    artifacts: dict[str, str]
+    params: dict[str, Any]
+    tags: dict[str, str]
+
+
+def _part(path: Path, name: str, parse: Callable[[], Any]) -> Any:
+    """``parse()``, or DamagedFileError naming the part of the record that is malformed."""
+    try:
+        return parse()
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise DamagedFileError(path, f"malformed {name}: {type(e).__name__}: {e}") from e
+
+
+def _artifacts(raw: Any) -> dict[str, str]:
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise TypeError("not an object of texts")
+    return {str(k): v for k, v in raw.items()}
+
+
+def parse_record(path: Path) -> TrialRecord:
+    """Read and check ``result.json``; DamagedFileError when any part of it cannot be replayed."""
+    saved = read_json(path)
+    if not isinstance(saved, dict):
+        raise DamagedFileError(path, f"not a JSON object but a {type(saved).__name__}")
+    missing = [k for k in ("result", "rows", "artifacts") if k not in saved]
+    if missing:
+        raise DamagedFileError(path, f"lacks {', '.join(missing)}")
+    r = saved["result"]
+    return TrialRecord(
+        result=_part(path, "result", lambda: TrialResult(**{**r, "status": TrialStatus(
+            r["status"])})),
+        rows=_part(path, "rows", lambda: [(int(s), {str(k): float(v) for k, v in m.items()})
+                                          for s, m in saved["rows"]]),
+        artifacts=_part(path, "artifacts", lambda: _artifacts(saved["artifacts"])),
+        params=_part(path, "params", lambda: dict(saved.get("params", {}))),
+        tags=_part(path, "tags", lambda: dict(saved.get("tags", {}))),
+    )
+
+
+def write_record(record: TrialRecord, ckpt_dir: Path) -> None:
+    """Write ``result.json`` crash-safely (temporary file, fsync, rename)."""
+    body = {"result": asdict(record.result), "rows": record.rows,
+            "artifacts": record.artifacts, "params": record.params, "tags": record.tags}
+    write_json_atomic(body, ckpt_dir / RESULT)
+
+
+def read_record(ckpt_dir: Path) -> TrialRecord | None:
+    """The finished trial's record, or None: none yet, or a damaged one now set aside."""
+    path = ckpt_dir / RESULT
+    if not path.exists():
+        return None
+    try:
+        return parse_record(path)
+    except DamagedFileError as e:
+        left = [p.name for p in (ckpt_dir / CKPT, ckpt_dir / PREV) if p.exists()]
+        set_aside(path, e.reason, f"the trial resumes from {left[0]}" if left else
+                  "the trial is trained again")
+        return None
