@@ -1,38 +1,36 @@
-"""The published claim each study tests, and the one-line verdict the report's summary gives.
+"""Verdicts: each sweep's declared claim (``analysis.claim`` in its YAML) against its results.
 
-A study's headline reads its own tables (``analysis.studies``): the compute multiplier of an arm
-over the baseline with its 95% run-bootstrap interval (``multipliers`` or ``sparsity_law``), or,
-for the max-logit study, the peak logits per arm and the final-loss change of the clipped arms.
-The verdict compares the interval with 1x in the direction the claim predicts; the claims and their
-published numbers are text from FACTS.md ("Kimi K2 ablations") and never enter a computation.
+The claim says what it is about (``arms``, read against the study's baseline), what it
+measures and where (``measure``: the compute multiplier at ``read_at``, or the paired
+final-loss change at the largest common budget) and its kind:
+
+- *effect* (``direction`` better / worse): agrees only when the 95% interval excludes no change
+  (1x, 0%) on the claimed side; disagrees when it lies entirely on the other side.
+- *no_penalty*: agrees only when the whole 95% interval lies inside the equivalence margin
+  (1 -/+ margin x, or -/+ margin in loss): the interval form of two one-sided tests
+  (Schuirmann 1987; a 95% interval inside the margin is TOST at alpha 0.025 per side);
+  disagrees when the interval lies entirely outside the margin.
+
+Anything else is *inconclusive*, and so is an estimate that is not estimable and, unless the
+spec says ``edge: allow``, a claim read on a cell whose best ``best_of`` value sits at the edge
+of its own grid. Every row also gives the paired final-loss change at the largest budget,
+the minimum detectable effect and the seeds a design like this one needs to detect the
+published effect at 80% power (``analysis.inference``). Published claims are text from the
+sweep files; they never enter a computation other than the seeds-needed arithmetic.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
 
-import pandas as pd
+from analysis.inference import POWER_FACTOR, seeds_needed
+from analysis.results import Estimate, Evidence, Logits
+from analysis.wording import Verdict, multiplier_at, paired_text, percent, times
+from harness.config.sweep import ClaimSpec
 
-from analysis.points import arm_label
-
-if TYPE_CHECKING:
-    from analysis.studies import Study
-
-Expect = Literal["above", "below", "near"]
-"""Where the claim puts the arm's multiplier over the baseline: > 1, < 1, or no real change."""
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A published finding a study tests: ``arms`` are read against the study's baseline."""
-
-    claim: str
-    expect: Expect
-    arms: tuple[str, ...]
-    differ: str  # why a small-scale run might not show it
-    measure: Literal["multiplier", "loss"] = "multiplier"  # "loss": judged at equal tokens
+CAP_SLACK = 1.25
+"""A clipped arm holds its cap when its late max logit is at most 1.25 tau (module docs)."""
 
 
 @dataclass(frozen=True)
@@ -42,197 +40,166 @@ class Headline:
     study: str
     claim: str
     ours: str
-    verdict: str
+    beside: str
+    power: str
+    verdict: Verdict
+    reason: str
     differ: str
 
 
-_SCALE = (
-    "K2 ran at 1e20-1e21 training FLOPs; these runs are ~1e12, with a d_model-64 model, a few "
-    "hundred optimizer steps and one or two seeds"
-)
-CLAIMS: dict[str, Claim] = {
-    "sparsity": Claim(
-        "K2 §2.3: at fixed active parameters, more experts (higher sparsity) lower the loss: "
-        "sparsity 48 needs 1.15-1.69x fewer FLOPs than 32-8",
-        "above",
-        ("32", "64", "16"),
-        f"{_SCALE}. With 2 active experts of up to 64 and short runs, the router has little time "
-        "to specialise experts, and the expert load grows uneven with sparsity (dead experts at "
-        "sparsity 16-32), so the extra experts are partly unused.",
-    ),
-    "arm": Claim(
-        "Moonlight / K2: Muon trains with ~1.4-1.9x fewer FLOPs than AdamW at equal loss",
-        "above",
-        ("muon", "muonclip"),
-        f"{_SCALE}. Each optimizer's learning rate is tuned on a 3-point grid only, and Wen et "
-        "al. 2025 find the gain shrinks once AdamW is tuned as carefully.",
-    ),
-    "model.attention.n_heads": Claim(
-        "K2 §2.3: doubling the heads (heads = 2 x layers) lowers val loss only 0.5-1.2%, iso-token",
-        "above",
-        ("8",),
-        f"{_SCALE}. With fixed per-head dims, doubling the heads of a d_model-64 model adds ~44% "
-        "training FLOPs, far more than at K2's size, and its heads are small (16 + 8 rope dims).",
-        measure="loss",
-    ),
-    "model.first_k_dense": Claim(
-        "K2: one dense first layer is enough (DeepSeek-V3 keeps three): no loss penalty",
-        "near",
-        ("1", "0"),
-        f"{_SCALE}. K2's reason is training stability at scale, which short small runs do not "
-        "stress.",
-    ),
-    "model.moe.n_groups": Claim(
-        "K2: a flat router (no expert groups) works as well as DeepSeek-V3's group-limited one",
-        "near",
-        ("4", "8", "2"),
-        f"{_SCALE}. Group-limited routing exists to cap cross-node traffic; with all experts on "
-        "one device it only constrains the router.",
-    ),
-}
-"""The claim each study's arm column tests (FACTS.md, "Kimi K2 ablations to reproduce")."""
-
-LOGITS_CLAIM = (
-    "K2 Algorithm 1: plain Muon lets max attention logits grow (past 1000 at 9B active); "
-    "QK-Clip caps them at tau with negligible loss impact"
-)
-LOGITS_DIFFER = (
-    f"{_SCALE}; logits only grow here at learning rates well above the tuned one, the regime "
-    "the muonclip sweep chooses on purpose."
-)
+def interval_verdict(claim: ClaimSpec, lo: float, hi: float) -> tuple[Verdict, str]:
+    """The verdict rule of the module docstring on a 95% interval [lo, hi]."""
+    mult = claim.measure == "multiplier"
+    null = 1.0 if mult else 0.0
+    if claim.kind == "no_penalty":
+        band = (1 - claim.margin, 1 + claim.margin) if mult else (-claim.margin, claim.margin)
+        shown = (f"{band[0]:.2f}-{band[1]:.2f}x" if mult
+                 else f"+/-{claim.margin:.1%}")
+        if band[0] <= lo and hi <= band[1]:
+            return Verdict.AGREES, f"the whole interval lies inside the margin {shown}"
+        if hi < band[0] or lo > band[1]:
+            return Verdict.DISAGREES, f"the interval lies entirely outside the margin {shown}"
+        return Verdict.INCONCLUSIVE, f"the interval crosses the margin {shown}"
+    # a multiplier above 1x and a loss change below 0 are both "better"
+    high = (claim.direction == "better") == mult
+    right, wrong = (lo > null, hi < null) if high else (hi < null, lo > null)
+    where = "1x" if mult else "0%"
+    if right:
+        return Verdict.AGREES, f"the interval excludes {where} on the claimed side"
+    if wrong:
+        return Verdict.DISAGREES, f"the interval lies entirely on the other side of {where}"
+    return Verdict.INCONCLUSIVE, f"the interval includes {where} (no change)"
 
 
-def verdict(expect: Expect, lo: float, hi: float) -> str:
-    """Agreement of a 95% interval of a multiplier with the direction the claim predicts."""
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return "no interval"
-    spans = lo <= 1.0 <= hi
-    if expect == "near":
-        return "agrees (interval spans 1x)" if spans else "disagrees (interval excludes 1x)"
-    if spans:
-        return "no detectable effect (interval spans 1x)"
-    right = lo > 1.0 if expect == "above" else hi < 1.0
-    return "agrees" if right else "disagrees"
-
-
-def _multiplier_row(study: Study, label: str) -> pd.Series | None:
-    """The arm's multiplier over the baseline: the joint law's, else the middle answered L*."""
-    table = study.tables.get("sparsity_law")
-    if table is not None and len(table):
-        rows = table[table["arm"] == label]
-        return rows.iloc[0].rename({"multiplier": "ratio"}) if len(rows) else None
-    table = study.tables.get("multipliers")
-    if table is None or not len(table):
+def read_out(claim: ClaimSpec, ev: Evidence) -> Estimate | None:
+    """The estimate the claim is judged on (the declared measure at the declared point)."""
+    if claim.measure == "loss":
+        return ev.change.largest if ev.change is not None else None
+    if ev.multiplier is None or ev.multiplier.read is None:
         return None
-    rows = table[(table["arm"] == label) & table["reason"].fillna("").eq("")]
-    return rows.iloc[len(rows) // 2] if len(rows) else None
+    return ev.multiplier.read.flops
 
 
-def _loss_change(study: Study, label: str,
-                 multiplier: bool = False) -> tuple[str, float, float] | None:
-    """Final val loss change of the arm over paired baseline runs (same tokens and settings):
-    (text, min, max); the text says when no multiplier could be fitted."""
-    table = study.tables.get("final_loss_changes")
-    mine = table[table["arm"] == label] if table is not None and len(table) else None
-    if mine is None or mine.empty:
-        return None
-    rel, base = mine["rel_change"], mine["baseline"].iloc[0]
-    none = "" if multiplier else "; no multiplier could be fitted"
-    text = (f"{label} vs {base} at equal tokens: final val loss {rel.mean():+.2%} "
-            f"({rel.min():+.2%} to {rel.max():+.2%} over {len(rel)} paired runs{none})")
-    return text, float(rel.min()), float(rel.max())
+def _edges(claim: ClaimSpec, ev: Evidence) -> tuple[str, ...]:
+    """The edge cells the read-out uses: every cell for a multiplier (the whole frontier),
+    those at the largest budget for a loss change."""
+    if claim.measure == "multiplier" or ev.change is None:
+        return ev.edge_cells
+    at = {p.condition for p in ev.change.pairs if p.budget == ev.change.largest_budget}
+    return tuple(c for c in ev.edge_cells if c in at)
 
 
-def loss_verdict(expect: Expect, lo: float, hi: float) -> str:
-    """Agreement of the range of paired loss changes (arm over baseline) with the claim."""
-    if expect == "near":
-        return ("agrees (changes of both signs)" if lo <= 0.0 <= hi
-                else "disagrees (every paired run moves the same way)")
-    if lo <= 0.0 <= hi:
-        return "no consistent effect (changes of both signs)"
-    better = hi < 0.0  # lower loss than the baseline in every pair
-    return "agrees" if better == (expect == "above") else "disagrees"
+def judge(claim: ClaimSpec, ev: Evidence, edge: str = "inconclusive") -> tuple[Verdict, str]:
+    """Verdict and its reason for one claimed arm (module docstring)."""
+    est = read_out(claim, ev)
+    edges = _edges(claim, ev)
+    at_edge = (f"the best learning rate sits at the edge of its own grid in {len(edges)} cell"
+               f"{'s' * (len(edges) != 1)} the read-out uses")
+    if est is None or not est.estimable:
+        why = "no estimate at the declared read-out point" if est is None else (
+            est.reason or "not estimable")
+        return Verdict.INCONCLUSIVE, f"{why}; {at_edge}" if edges else why
+    verdict, why = interval_verdict(claim, est.lo, est.hi)
+    if edges and edge == "inconclusive":
+        return Verdict.INCONCLUSIVE, f"{verdict} on the interval ({why}), but {at_edge}"
+    return verdict, why
 
 
-def _ratio_text(label: str, row: pd.Series, base: str) -> str:
-    where = f" at L* = {row['L_star']:.3f}" if "L_star" in row and pd.notna(row["L_star"]) else ""
-    return f"{label} over {base}: {row['ratio']:.2f}x ({row['lo']:.2f}-{row['hi']:.2f}){where}"
+def power_text(claim: ClaimSpec, ev: Evidence) -> str:
+    """MDE of the read-out and the seeds needed for the published effect (or the margin)."""
+    target = claim.published if claim.kind == "effect" else claim.margin
+    what = "the published effect" if claim.kind == "effect" else "equivalence in the margin"
+    equiv = claim.kind == "no_penalty"
+    if claim.measure == "loss":
+        c = ev.change
+        if c is None or not math.isfinite(c.mde):
+            return "no MDE (no noise estimate)"
+        n = seeds_needed(c.noise.sd, target, equivalence=equiv) if target is not None else None
+        seeds = f"; seeds for {what}: {n}" if n is not None else ""
+        return f"MDE {c.mde:.2%} with {c.n_seeds} paired run(s) at that budget{seeds}"
+    m = ev.multiplier
+    est = m.read.flops if m is not None and m.read is not None else None
+    if m is None or est is None or not est.estimable or not math.isfinite(est.se):
+        return "no MDE (multiplier not estimable)"
+    mde = math.exp(POWER_FACTOR * est.se)
+    text = f"MDE {mde:.2f}x (or 1/{mde:.2f}x) with {m.n_seeds} seed(s)"
+    if target is not None:
+        effect = math.log(target) if not equiv else math.log(1 + target)
+        n = seeds_needed(est.se * math.sqrt(m.n_seeds), effect, equivalence=equiv)
+        text += f"; seeds for {what}: {n}" if n is not None else ""
+    return text
 
 
-def multiplier_headlines(study: Study, column: str, base: str) -> list[Headline]:
+def headlines(study: str, claim: ClaimSpec | None, evidence: list[Evidence],
+              edge: str = "inconclusive") -> list[Headline]:
     """Summary rows of a multiplier or sparsity study: one per claimed arm present."""
-    claim = CLAIMS.get(column)
     if claim is None:
         return []
     out = []
-    for value in claim.arms:
-        label = arm_label(column, value)
-        row = _multiplier_row(study, label)
-        change = _loss_change(study, label, multiplier=row is not None)
-        if claim.measure == "loss" and change is not None:
-            ours, v = change[0], loss_verdict(claim.expect, *change[1:])
-            if row is not None:
-                ours += f"; compute multiplier {_ratio_text(label, row, base)}"
-        elif row is not None:
-            v = verdict(claim.expect, float(row["lo"]), float(row["hi"]))
-            ours = _ratio_text(label, row, base)
-        elif change is not None:
-            ours, v = change[0], loss_verdict(claim.expect, *change[1:])
+    for ev in evidence:
+        verdict, why = judge(claim, ev, edge)
+        if claim.measure == "loss":
+            ours = percent(ev.change.largest) if ev.change is not None else "no paired runs"
+            if ev.multiplier is not None and ev.multiplier.read is not None:
+                ours += (f" at the largest budget; compute multiplier (not the read-out) "
+                         f"{multiplier_at(ev.multiplier, ev.multiplier.read)}")
+        elif ev.multiplier is not None and ev.multiplier.read is not None:
+            ours = multiplier_at(ev.multiplier, ev.multiplier.read)
         else:
-            continue
-        out.append(Headline(study.name, claim.claim, ours, v,
-                            "" if v.startswith("agrees") else claim.differ))
-        if column == "sparsity":
-            break  # the highest sparsity present speaks for the law
+            ours = "no multiplier at the declared read-out point"
+        ours = f"{ev.arm} over {ev.baseline}: {ours}"
+        beside = paired_text(ev.change) if ev.change is not None else "no paired runs"
+        out.append(Headline(study, _claim_text(claim), ours, beside, power_text(claim, ev),
+                            verdict, why, "" if verdict is Verdict.AGREES else claim.differ))
     return out
 
 
-def logits_headline(study: Study, base: str) -> list[Headline]:
-    """Summary row of the max-logit study: logits per arm, loss change of clipped arms.
+def _claim_text(claim: ClaimSpec) -> str:
+    if claim.kind == "no_penalty":
+        band = (f"{1 - claim.margin:.2f}-{1 + claim.margin:.2f}x" if claim.measure == "multiplier"
+                else f"+/-{claim.margin:.1%} loss")
+        return f"{claim.text} [no penalty, margin {band}]"
+    unit = "compute multiplier" if claim.measure == "multiplier" else "final loss"
+    return f"{claim.text} [effect: arm {claim.direction}, {unit}]"
 
-    The logged max logit is the forward pass's, before that step's clip, so a clipped run reads
-    tau plus one optimizer step's growth on the steps that trigger; the cap holds when the clipped
-    arms' mean over the last quarter of training stays within 25% of tau.
-    """
-    logits = study.tables.get("max_logit")
-    if logits is None or not len(logits):
-        return []
-    by_arm = logits.groupby("arm").agg(
-        peak=("peak", "median"), late=("last_quarter_mean", "median"), tau=("tau", "first"))
-    capped = by_arm[by_arm["tau"].notna()]
-    held = bool(len(capped)) and bool((capped["late"] <= 1.25 * capped["tau"]).all())
-    grew = bool(len(capped)) and base in by_arm.index and (
-        by_arm.loc[base, "peak"] > capped["tau"].max())
-    parts = [f"{arm} {r['peak']:.0f} peak, {r['late']:.0f} late" for arm, r in by_arm.iterrows()]
-    changes = study.tables.get("final_loss_changes")
-    loss = ""
-    if changes is not None and len(changes):
-        stats = changes.groupby("arm")["rel_change"].agg(["mean", "min", "max"])
-        loss = f"; final val loss vs {base}: " + ", ".join(
-            f"{arm} {r['mean']:+.2%} ({r['min']:+.2%} to {r['max']:+.2%})"
-            for arm, r in stats.iterrows())
-    if not len(capped):
-        v = "no clipped arm"
+
+def cap_headline(study: str, logits: Logits, differ: str) -> Headline:
+    """The QK-Clip mechanism check (K2 Algorithm 1): with the clip the late max logit stays
+    within 1.25 tau (the logged logit is the pre-clip forward pass, so a clipped run reads tau
+    plus one step's growth), and without it the logit passes the largest tau."""
+    capped = [a for a in logits.arms if math.isfinite(a.tau)]
+    base = next((a for a in logits.arms if a.arm == logits.base), None)
+    held = bool(capped) and all(a.late <= CAP_SLACK * a.tau for a in capped)
+    grew = bool(capped) and base is not None and base.peak > max(a.tau for a in capped)
+    if not capped:
+        verdict, why = Verdict.INCONCLUSIVE, "no clipped arm"
     elif held and grew:
-        v = "agrees: without the clip logits pass tau, with it they stay at tau"
+        verdict, why = Verdict.AGREES, "without the clip logits pass tau, with it they stay at tau"
     elif held:
-        v = "partly: the clip holds, but unclipped logits never passed tau"
+        verdict, why = Verdict.INCONCLUSIVE, "the clip holds, but unclipped logits never passed tau"
     else:
-        v = "disagrees: clipped logits stayed above tau"
-    ours = (f"max attention logit (median over runs; late = mean over the last quarter): "
-            f"{', '.join(parts)}{loss}")
-    return [Headline(study.name, LOGITS_CLAIM, ours, v,
-                     "" if v.startswith("agrees") else LOGITS_DIFFER)]
+        verdict, why = Verdict.DISAGREES, "clipped logits stayed above 1.25 tau"
+    parts = ", ".join(f"{a.arm} {a.peak:.0f} peak, {a.late:.0f} late" for a in logits.arms)
+    return Headline(study, "K2 Algorithm 1: plain Muon lets max attention logits grow; QK-Clip "
+                    "caps them at tau [mechanism: late max logit <= 1.25 tau]",
+                    f"max attention logit (median over runs; late = mean over the last quarter): "
+                    f"{parts}", "–", "–", verdict, why,
+                    "" if verdict is Verdict.AGREES else differ)
 
 
-def summary_table(headlines: list[Headline]) -> str:
+def summary_table(rows: list[Headline]) -> str:
     """The report's summary as a markdown table (empty when no study has a headline)."""
-    if not headlines:
+    if not rows:
         return ""
-    lines = ["| study | claim | here (95% interval) | verdict | why it may differ |",
-             "|---|---|---|---|---|"]
-    for h in headlines:
-        cells = (h.study, h.claim, h.ours, h.verdict, h.differ or "–")
+    lines = ["| study | claim | read-out (declared point, 95% CI) | paired final-loss change "
+             "(95% CI) | power | verdict | why it may differ |",
+             "|---|---|---|---|---|---|---|"]
+    for h in rows:
+        cells = (h.study, h.claim, h.ours, h.beside, h.power, f"**{h.verdict}**: {h.reason}",
+                 h.differ or "–")
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
 
+
+__all__ = ["Headline", "Verdict", "cap_headline", "headlines", "interval_verdict", "judge",
+           "summary_table", "times"]

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 CURVE_KEYS = (
     "train/loss", "val/loss", "tokens", "flops", "lr", "grad_norm", "attn/max_logit",
     "attn/heads_clipped", "moe/imbalance", "moe/dead_experts", "muon/update_rms",
-    "perf/tokens_per_s",
+    "perf/tokens_per_s", "test/loss", "rescore/val/loss", "rescore/test/loss",
 )
 DEFAULT_CACHE = Path("results") / "cache"
 
@@ -50,6 +50,7 @@ def run_row(run: Any, sweep: str) -> dict[str, Any]:
         "flops": metrics.get("flops"),
         "final_train_loss": metrics.get("train/loss"),
         "final_val_loss": metrics.get("val/loss"),
+        "final_test_loss": metrics.get("test/loss"),
     }
     row.update({k: decode_param(v) for k, v in params.items() if k != "data.fingerprint"})
     return row

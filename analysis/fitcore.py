@@ -7,15 +7,23 @@ Conventions used by every fitter in ``analysis``:
   h_delta(r) = r^2 / 2 for |r| <= delta, delta (|r| - delta / 2) otherwise,
   summed over points (Hoffmann et al. 2022, "Training compute-optimal large language models";
   Besiroglu et al. 2024, "Chinchilla scaling: a replication attempt": delta = 1e-3).
-- Intervals are bootstrap percentile intervals (2.5%, 97.5%). Points of one training run are
-  correlated, so when run ids are given whole runs are resampled, never single points; without
-  run ids every point is its own run.
+- Intervals are bootstrap percentile intervals (2.5%, 97.5%; Efron & Tibshirani 1993, ch. 13).
+  Points of one training run are correlated, so when run ids are given whole runs are resampled,
+  never single points; without run ids every point is its own run. Callers pass the unit that is
+  independent: a seed (all its runs together) when a sweep has several, else a run. Resampling
+  is stratified by arm (Davison & Hinkley 1997, sec. 3.2.3), so each arm keeps its size.
+- An interval cannot quietly degenerate (:class:`BootCheck`): a replicate that is not
+  identified (too few distinct compute values drawn, non-finite, the target below its floor)
+  counts as failed, and when more than ``MAX_FAILED_SHARE`` of the replicates failed, or the
+  design allows fewer than ``MIN_DISTINCT`` distinct resamples, the quantity is *not estimable*:
+  no interval is given rather than one from the lucky replicates.
 - A fit that is not identified (too few points, non-finite values, a parameter at its bound, a
   singular design) raises :class:`FitError` instead of returning numbers.
 """
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -125,6 +133,65 @@ def bootstrap_weights(codes: NDArray[np.int64], n_boot: int, seed: int,
         for b in range(n_boot):
             counts[b] += np.bincount(runs[draws[b]], minlength=counts.shape[1])
     return counts[:, codes]
+
+
+MAX_FAILED_SHARE = 0.10
+"""Above this share of failed bootstrap replicates a quantity is not estimable."""
+MIN_DISTINCT = 50
+"""Fewest distinct resamples a design must allow for a 95% percentile interval."""
+
+
+def distinct_resamples(codes: NDArray[np.int64], strata: NDArray[np.int64] | None = None,
+                       cap: int = 10**9) -> int:
+    """How many distinct resamples a stratified run bootstrap can draw: the product over strata
+    of C(2n - 1, n), the multisets of n runs drawn from n (Efron & Tibshirani 1993, ch. 6);
+    capped at ``cap``."""
+    strata = np.zeros_like(codes) if strata is None else np.asarray(strata)
+    total = 1
+    for s in np.unique(strata):
+        n = len(np.unique(codes[strata == s]))
+        total = min(cap, total * math.comb(2 * n - 1, n))
+    return total
+
+
+@dataclass(frozen=True)
+class BootCheck:
+    """How a bootstrap went: ``n_boot`` replicates drawn, ``n_failed`` not identified, from a
+    design with ``distinct`` possible resamples of ``unit`` (what was resampled)."""
+
+    n_boot: int
+    n_failed: int
+    distinct: int
+    unit: str = "runs within each arm"
+
+    @property
+    def failed_share(self) -> float:
+        return self.n_failed / self.n_boot if self.n_boot else float("nan")
+
+    @property
+    def reason(self) -> str:
+        """Empty when estimable, else why not (the report's wording)."""
+        if self.n_boot <= 0:
+            return "no bootstrap"
+        if self.distinct < MIN_DISTINCT:
+            return (f"not estimable: resampling {self.unit} allows only {self.distinct} distinct "
+                    f"resamples (< {MIN_DISTINCT})")
+        if self.failed_share > MAX_FAILED_SHARE:
+            return (f"not estimable: {self.failed_share:.0%} of {self.n_boot} bootstrap refits "
+                    f"failed (> {MAX_FAILED_SHARE:.0%})")
+        return ""
+
+    @property
+    def estimable(self) -> bool:
+        return not self.reason
+
+
+def checked_intervals(samples: FloatArray, names: Sequence[str], ok: NDArray[np.bool_],
+                      check: BootCheck) -> dict[str, Interval]:
+    """Percentile intervals of the ``ok`` replicates, or {} when ``check`` is not estimable."""
+    if not check.estimable or samples.shape[0] == 0:
+        return {}
+    return percentile_intervals(samples[ok], names)
 
 
 def bootstrap_intervals(samples: FloatArray, names: Sequence[str],

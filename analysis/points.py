@@ -10,6 +10,8 @@ between arms are made at equal condition.
 ``best_of`` (:func:`select_best`): per (arm, condition) keep the runs of the ``best_of`` value
 (e.g. optim.lr) with the lowest mean final val loss over seeds, so every arm is compared at its
 own tuned setting (Wen et al. 2025, "Fantastic pretraining optimizers and where to find them").
+A cell whose best value is the smallest or largest of the values tried *in that cell* (each arm
+has its own grid) is an edge cell (``Runs.edges``): its optimum may lie outside the grid.
 
 Fit points (:func:`fit_points`): one final point per run (training FLOPs, final val loss) when
 every arm has >= 3 budgets (distinct token budgets x model sizes): only the end of a WSD or
@@ -95,6 +97,7 @@ class Runs:
     arm_axes: tuple[str, ...]
     condition_axes: tuple[str, ...]
     notes: tuple[str, ...]
+    edges: tuple[tuple[str, str], ...] = ()  # (arm label, condition) with best_of at its edge
 
     def arms(self, selected: bool = True) -> list[str]:
         """Arm labels in sorted arm-value order."""
@@ -149,7 +152,24 @@ def annotate(runs: pd.DataFrame, spec: AnalysisSpec, axes: Sequence[str] | None)
     known = frame["arm"].notna() if "arm" in frame.columns else True
     frame["usable"] = (frame["status"] == "finished") & np.isfinite(loss.to_numpy(float)) & known
     frame["selected"] = frame["usable"]
+    split = reported_split(frame)
+    frame[REPORTED] = pd.to_numeric(frame[f"final_{split}_loss"], errors="coerce")
+    frame[REPORTED_SPLIT] = split
     return Runs(frame, column, arm_axes, cond_axes, tuple(notes))
+
+
+REPORTED, REPORTED_SPLIT = "final_loss", "loss_split"
+"""Columns of the runs table: the final loss every reported number uses, and its split."""
+
+
+def reported_split(frame: pd.DataFrame) -> str:
+    """``test`` when every usable run logged a final test loss, else ``val``: learning rates
+    and other choices are made on val (:func:`select_best`), results are reported on test;
+    runs of a harness that had no test split can only be reported on val, and say so."""
+    if "final_test_loss" not in frame.columns:
+        return "val"
+    test = pd.to_numeric(frame.loc[frame["usable"], "final_test_loss"], errors="coerce")
+    return "test" if len(test) and bool(np.isfinite(test.to_numpy(float)).all()) else "val"
 
 
 def select_best(runs: Runs, best_of: str | None) -> Runs:
@@ -164,27 +184,44 @@ def select_best(runs: Runs, best_of: str | None) -> Runs:
         return Runs(frame, runs.arm_column, runs.arm_axes, runs.condition_axes,
                     (*runs.notes, note))
     usable = frame[frame["usable"]]
-    tried = sorted(usable[best_of].dropna().unique(), key=sort_key)
     keep = pd.Series(False, index=frame.index)
     chosen: dict[str, list[str]] = {}
-    edge = 0
+    edges: list[tuple[str, str]] = []
     for (label, cond), group in usable.groupby(["arm_label", "condition"], sort=False):
         means = group.groupby(best_of)["final_val_loss"].mean()
         best = means.idxmin()
         keep |= (frame["arm_label"] == label) & (frame["condition"] == cond) & frame["usable"] & (
             frame[best_of].map(lambda v, b=best: same_value(v, b)))
         chosen.setdefault(str(label), []).append(fmt_value(best))
-        edge += int(len(means) > 2 and best in (tried[0], tried[-1]))
+        tried = sorted(means.index, key=sort_key)  # this arm's own grid in this cell
+        if len(tried) >= 2 and best in (tried[0], tried[-1]):
+            edges.append((str(label), str(cond)))
     frame["selected"] = keep
     picks = "; ".join(f"{arm}: {', '.join(sorted(set(v), key=sort_key))}"
                       for arm, v in chosen.items())
-    notes = [f"Best `{best_of}` per arm and condition (lowest final val loss, {len(tried)} values "
-             f"tried): {picks or 'none'}."]
-    if edge:
-        notes.append(f"At {edge} (arm, condition) cells the best `{best_of}` is the smallest or "
-                     "largest value tried: the optimum may lie outside the grid.")
+    n_values = usable.groupby(["arm_label", "condition"])[best_of].nunique()
+    span = f"{n_values.min()}-{n_values.max()}" if len(n_values) else "0"
+    notes = [f"Best `{best_of}` per arm and condition (lowest final val loss; {span} values "
+             f"tried per cell, each arm on its own grid): {picks or 'none'}."]
+    if edges:
+        cells = "; ".join(f"{arm} at {cond}" for arm, cond in edges)
+        notes.append(f"At {len(edges)} of {len(n_values)} (arm, condition) cells the best "
+                     f"`{best_of}` is the smallest or largest value of that arm's own grid, so "
+                     f"the optimum may lie outside it: {cells}.")
     return Runs(frame, runs.arm_column, runs.arm_axes, runs.condition_axes,
-                (*runs.notes, *notes))
+                (*runs.notes, *notes), tuple(edges))
+
+
+def throughput(runs: Runs, curves: pd.DataFrame) -> pd.Series:
+    """Measured training FLOP/s per run (index ``run_id``): the median of the logged
+    ``perf/tokens_per_s`` over steps times the run's FLOPs per token; empty when not logged."""
+    if curves.empty or "perf/tokens_per_s" not in curves.columns or (
+            "flops_per_token" not in runs.frame.columns):
+        return pd.Series(dtype=float)
+    tps = curves.dropna(subset=["perf/tokens_per_s"]).groupby("run_id")["perf/tokens_per_s"]
+    fpt = runs.frame.drop_duplicates("run_id").set_index("run_id")["flops_per_token"]
+    out = (tps.median() * pd.to_numeric(fpt, errors="coerce").reindex(tps.median().index))
+    return out[out > 0].dropna()
 
 
 def warmup_of(row: pd.Series) -> int:
@@ -238,10 +275,11 @@ def fit_points(runs: Runs, curves: pd.DataFrame) -> FitPoints:
     val = _val_points(sel, curves)
     cols = ["run", "arm", "label", "condition", "flops", "loss"]
     if len(budgets) and budgets.min() >= MIN_BUDGETS:
-        frame = sel[["run_id", "arm_value", "arm_label", "condition", "flops", "final_val_loss"]]
+        frame = sel[["run_id", "arm_value", "arm_label", "condition", "flops", REPORTED]]
         frame = frame.set_axis(cols, axis=1)
         frame = frame[frame["flops"] > 0].reset_index(drop=True)
-        note = (f"Fits use one final point per run (training FLOPs, final val loss): every arm "
+        split = str(sel[REPORTED_SPLIT].iloc[0]) if len(sel) else "val"
+        note = (f"Fits use one final point per run (training FLOPs, final {split} loss): every arm "
                 f"has at least {MIN_BUDGETS} budgets ({int(budgets.min())}-"
                 f"{int(budgets.max())}), {len(frame)} runs in all.")
         display = pd.concat([val.assign(used=False), frame.assign(used=True)])

@@ -26,13 +26,15 @@ from scipy.optimize import nnls
 
 from analysis.fitcore import (
     DEFAULT_HUBER_DELTA,
+    BootCheck,
     FitError,
     FloatArray,
     GoodnessOfFit,
     Interval,
     batched_lbfgs,
-    bootstrap_intervals,
     bootstrap_weights,
+    checked_intervals,
+    distinct_resamples,
     goodness_of_fit,
     group_codes,
     huber,
@@ -78,7 +80,8 @@ class PowerCurves:
 @dataclass(frozen=True)
 class PowerLawFit:
     """L(C) = E + A C^-alpha (``floor``) or L = A C^-alpha, with 95% bootstrap intervals ``ci``
-    (keys "E", "A", "alpha"; empty when n_boot = 0) from ``n_boot_ok`` successful refits."""
+    (keys "E", "A", "alpha"; empty when n_boot = 0 or ``boot`` is not estimable) from
+    ``n_boot_ok`` successful refits."""
 
     E: float
     A: float
@@ -88,6 +91,7 @@ class PowerLawFit:
     gof: GoodnessOfFit
     n_boot_ok: int
     curves: PowerCurves = field(repr=False)
+    boot: BootCheck = field(default_factory=lambda: BootCheck(0, 0, 0))
 
     def predict(self, C: ArrayLike) -> FloatArray:
         return self.curves.predict(C)
@@ -253,31 +257,64 @@ def refit_power_curves(curves: PowerCurves, C: ArrayLike, L: ArrayLike, arm: Arr
             for t in thetas]
 
 
+def identified_rows(W: FloatArray, C: ArrayLike, arm: ArrayLike | None, floor: bool,
+                    shared_floor: bool = True) -> NDArray[np.bool_]:
+    """Which bootstrap rows of ``W`` (multiplicities) identify the model, by the rules of
+    :func:`fit_power_curves` applied to the points each row draws: enough distinct compute
+    values per arm and overall, and more distinct points than parameters."""
+    C_ = np.asarray(C, dtype=np.float64).ravel()
+    labels = np.zeros(len(C_), dtype=np.int64) if arm is None else np.asarray(arm).ravel()
+    arms, codes = np.unique(labels, return_inverse=True)
+    k = len(arms)
+    n_floor = 0 if not floor else (1 if shared_floor else k)
+    # a shared floor and exponent leave one amplitude per arm: one point identifies it
+    need = 3 if n_floor > 1 else (1 if k > 1 else 2)
+    drawn = W > 0
+    ok = drawn.sum(axis=1) >= n_floor + k + 2
+    for row in range(len(W)):
+        if not ok[row]:
+            continue
+        c, g = C_[drawn[row]], codes[drawn[row]]
+        per_arm = [len(np.unique(c[g == j])) for j in range(k)]
+        ok[row] = min(per_arm) >= need and (not floor or len(np.unique(c)) >= 3)
+    return ok
+
+
 def fit_power_law(C: ArrayLike, L: ArrayLike, floor: bool = True, groups: ArrayLike | None = None,
-                  n_boot: int = 200, *, seed: int = 0,
+                  n_boot: int = 200, *, seed: int = 0, strata: ArrayLike | None = None,
+                  unit: str = "runs within each arm",
                   delta: float = DEFAULT_HUBER_DELTA) -> PowerLawFit:
     """Fit L = E + A C^-alpha (``floor``) or L = A C^-alpha, robustly in log space.
 
     Objective: sum_i h_delta(log(E + A C_i^-alpha) - log L_i), Huber with ``delta`` (1e-3 as in
     Hoffmann et al. 2022 / Besiroglu et al. 2024), solved by variable projection (module
-    docstring). ``groups``: run id per point; bootstrap (``n_boot`` replicates, ``seed``)
-    resamples whole runs, or points when ``groups`` is None. Raises :class:`FitError` when the
-    fit is not identified: too few points, fewer than 3 distinct C with a floor, constant loss,
-    non-finite input, alpha or E at a bound.
+    docstring). ``groups``: run id per point; bootstrap (``n_boot`` replicates, ``seed``;
+    Efron & Tibshirani 1993) resamples whole runs, or points when ``groups`` is None, within
+    each of ``strata`` when given (Davison & Hinkley 1997, sec. 3.2.3). A replicate
+    that does not identify the law fails; ``boot`` says how many did and whether the intervals
+    are estimable (``analysis.fitcore.BootCheck``). Raises :class:`FitError` when the fit is not
+    identified: too few points, fewer than 3 distinct C with a floor, constant loss, non-finite
+    input, alpha or E at a bound.
     """
     curves = fit_power_curves(C, L, floor=floor, delta=delta)
     n = len(np.asarray(C).ravel())
     names = ["E", "A", "alpha"] if floor else ["A", "alpha"]
     ci: dict[str, Interval] = {}
     n_ok = 0
+    boot = BootCheck(0, 0, 0, unit)
     if n_boot > 0:
-        W = bootstrap_weights(group_codes(groups, n), n_boot, seed)
+        codes = group_codes(groups, n)
+        cells = None if strata is None else group_codes(strata, n)
+        W = bootstrap_weights(codes, n_boot, seed, cells)
         reps = refit_power_curves(curves, C, L, None, W, delta)
         samples = np.array([[r.E[0], r.A[0], r.alpha] if floor else [r.A[0], r.alpha]
                             for r in reps])
-        ci = bootstrap_intervals(samples, names)
-        n_ok = int(np.all(np.isfinite(samples), axis=1).sum())
-    return PowerLawFit(curves.E[0], curves.A[0], curves.alpha, floor, ci, curves.gof, n_ok, curves)
+        ok = np.all(np.isfinite(samples), axis=1) & identified_rows(W, C, None, floor)
+        n_ok = int(ok.sum())
+        boot = BootCheck(n_boot, n_boot - n_ok, distinct_resamples(codes, cells), unit)
+        ci = checked_intervals(samples, names, ok, boot)
+    return PowerLawFit(curves.E[0], curves.A[0], curves.alpha, floor, ci, curves.gof, n_ok, curves,
+                       boot)
 
 
 def extrapolation_check(C: ArrayLike, L: ArrayLike, groups: ArrayLike | None = None,

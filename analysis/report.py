@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from analysis.claims import Headline, summary_table
 from analysis.collect import collect
 from analysis.plots import render
-from analysis.studies import Study, study
+from analysis.studies import VAL_SET_NOTE, Study, study
 from harness.config import (
     AnalysisSpec,
     ConfigError,
@@ -40,6 +40,7 @@ from harness.config import (
     SweepConfig,
     check_name,
     is_valid_name,
+    load_sweep,
     read_yaml,
 )
 from harness.store import Store, default_tracking_uri, store_exists
@@ -92,9 +93,40 @@ def _fetch_sweep_json(name: str, uri: str | None) -> str | None:
         return None
 
 
+def declared_analysis(name: str, folder: Path = SWEEPS) -> AnalysisSpec | None:
+    """The ``analysis`` section of the sweep file in ``folder`` that defines ``name`` (a
+    profile's ``<name>-<profile>`` too), or None. How a sweep is read, its claim included, is
+    declared in its file, so it applies to runs logged before the section changed."""
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            raw = read_yaml(path)
+        except ConfigError:
+            continue
+        base = str(raw.get("name", path.stem))
+        profiles = raw.get("profiles") or {}
+        if name != base and not (name.startswith(f"{base}-") and
+                                 name.removeprefix(f"{base}-") in profiles):
+            continue
+        try:
+            sweep = load_sweep(path, None if name == base else name.removeprefix(f"{base}-"))
+        except ConfigError as e:
+            log.warning("%s: %s; using the stored analysis section", path, e)
+            return None
+        return sweep.analysis
+    return None
+
+
 def sweep_info(name: str, uri: str | None, cache_dir: Path, fetch: bool) -> SweepInfo:
     """The sweep's spec from MLflow (when ``fetch``; cached next to the parquet) or the cache;
-    the default spec (curves by optimizer arm) when neither has it."""
+    the default spec (curves by optimizer arm) when neither has it. The analysis section of
+    the repository's sweep file (:func:`declared_analysis`), when one defines the sweep, wins
+    over the stored one."""
+    info = _stored_info(name, uri, cache_dir, fetch)
+    declared = declared_analysis(name)
+    return replace(info, spec=declared) if declared is not None else info
+
+
+def _stored_info(name: str, uri: str | None, cache_dir: Path, fetch: bool) -> SweepInfo:
     path = cache_dir / f"{name}.sweep.json"
     text = _fetch_sweep_json(name, uri) if fetch else None
     if text is not None:
@@ -166,12 +198,28 @@ def summary_section(headlines: list[Headline]) -> list[str]:
 
 
 SUMMARY_INTRO = (
-    "One row per claim a study tests (details, figures and every fit in the study's section "
-    "below). *Here*: the compute multiplier of the arm over the study's baseline (C_base(L*) / "
-    "C_arm(L*); above 1x the arm needs fewer FLOPs for the same loss) with its 95% run-bootstrap "
-    "interval, or the max-logit figures. *Verdict*: the interval against 1x in the direction the "
-    "claim predicts (`analysis.claims`)."
+    "One row per claimed arm (details, figures and every target loss in the study's section "
+    "below). Each sweep file declares its claim (`analysis.claim`): what it measures, where it "
+    "is read and its kind. *Read-out*: the declared measure at the declared point: the compute "
+    "multiplier C_base(L*) / C_arm(L*) (above 1x the arm needs fewer FLOPs for the same loss; "
+    "also in measured wall-clock) or the paired final-loss change at the largest common budget, "
+    "with its 95% interval. *Paired final-loss change*: always shown, at the largest budget and "
+    "over all pairs, with a t interval from the seed spread (one seed: from the spread across "
+    "budgets). *Power*: the minimum detectable effect at 80% power (two-sided alpha 0.05) and "
+    "the seeds this design would need for the published effect (or the margin). *Verdict* "
+    "(`analysis.claims`): an *effect* claim agrees only when the interval excludes no change "
+    "on the claimed side; a *no penalty* claim agrees only when the whole interval lies inside "
+    "its declared margin (Schuirmann 1987); a quantity whose bootstrap failed in more than 10% "
+    "of replicates, or whose design allows too few distinct resamples, is *not estimable*; a "
+    "best learning rate at the edge of its own grid makes the verdict inconclusive. Anything "
+    "else is *inconclusive*: the data do not decide."
 )
+
+
+VAL_NOTE = (
+    "Every loss below is a validation loss on the old two-file val set (the cached runs logged "
+    "`val/loss` only, no `test/loss`); that same set chose each tuned learning rate, so tuned "
+    "losses are optimistic.")
 
 
 def _failed_section(name: str, reason: str) -> str:
@@ -181,9 +229,11 @@ def _failed_section(name: str, reason: str) -> str:
 HEADER = """# Results
 
 Written by `make plots` (`analysis.report.make_all`) from the MLflow runs of {n} sweeps ({names}),
-cached under `{cache}`. Intervals are 95% bootstrap percentile intervals that resample whole runs
-(within each arm); laws are fitted in log space with a Huber loss (Hoffmann et al. 2022) by
-`analysis.laws`. Published numbers (Kimi K2 report, arXiv 2507.20534, and the works it builds on)
+cached under `{cache}`. Intervals of fitted quantities are 95% bootstrap percentile intervals
+(Efron & Tibshirani 1993) that resample the independent unit: whole seeds within each arm,
+or runs within each arm when a sweep has one seed; laws are fitted in log space
+with a Huber loss (Hoffmann et al. 2022) by `analysis.laws`. {val_note}
+Published numbers (Kimi K2 report, arXiv 2507.20534, and the works it builds on)
 come from runs at 1e20-1e21 FLOPs; ours are many orders of magnitude smaller, so compare
 directions and rough sizes, not digits.
 """
@@ -239,7 +289,8 @@ def make_all(experiments: list[str] | None = None, *, refresh: bool = False,
     report = out_dir / "report.md"
     out_dir.mkdir(parents=True, exist_ok=True)
     header = HEADER.format(n=len(targets), names=", ".join(targets) or "none",
-                           cache=f"{out_dir.name}/{CACHE}")
+                           cache=f"{out_dir.name}/{CACHE}",
+                           val_note=VAL_NOTE if any(VAL_SET_NOTE in s for s in sections) else "")
     report.write_text("\n".join([header, *summary_section(headlines), *sections]).rstrip() + "\n")
     written.append(report)
     log.info("wrote %d files under %s", len(written), out_dir)

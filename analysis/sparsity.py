@@ -12,7 +12,10 @@ multiplier m_s (m = 1 for the reference arm; cf. Volkova et al. 2026 for per-arm
 which is L = E + A_s C^-alpha with A_s = A m_s^-alpha, fitted by variable projection
 (``analysis.power_law``). Under this law the FLOP ratio at any L* > E is
 C_S0(L*) / C_S(L*) = m_S / m_S0. ``compute_multiplier`` instead reads the ratio off two fitted
-frontiers L(C) = E + A C^-alpha, as a function of L*. Intervals resample runs within each arm.
+frontiers L(C) = E + A C^-alpha, as a function of L*. Intervals resample runs within each arm
+(whole seeds, each with all its runs, when the frames carry a ``seed`` column),
+Efron & Tibshirani 1993; each result carries its :class:`~analysis.fitcore.BootCheck`, and a
+quantity whose bootstrap failed too often has no interval (not estimable).
 """
 
 from __future__ import annotations
@@ -22,19 +25,26 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
-from numpy.typing import ArrayLike
+from numpy.typing import ArrayLike, NDArray
 
 from analysis.fitcore import (
     DEFAULT_HUBER_DELTA,
+    BootCheck,
     FitError,
     FloatArray,
     GoodnessOfFit,
     Interval,
-    bootstrap_intervals,
     bootstrap_weights,
+    checked_intervals,
+    distinct_resamples,
     percentile_intervals,
 )
-from analysis.power_law import PowerCurves, fit_power_curves, refit_power_curves
+from analysis.power_law import (
+    PowerCurves,
+    fit_power_curves,
+    identified_rows,
+    refit_power_curves,
+)
 
 
 @dataclass(frozen=True)
@@ -78,6 +88,7 @@ class SparsityLawFit:
     n_boot_ok: int
     loss_range: Mapping[Hashable, Interval]
     log_m_samples: FloatArray = field(repr=False)
+    boot: BootCheck = field(default_factory=lambda: BootCheck(0, 0, 0))
 
     def compute_for_loss(self, L_star: float, arm: Hashable) -> float:
         """C_s(L*) = ((L* - E) / A)^(-1/alpha) / m_s; NaN at or below the floor E."""
@@ -89,7 +100,7 @@ class SparsityLawFit:
         """FLOP ratio C_baseline(L*) / C_arm(L*) = m_arm / m_baseline with its interval."""
         i, j = self.arms.index(arm), self.arms.index(baseline)
         ci = None
-        if len(self.log_m_samples):
+        if len(self.log_m_samples) and self.boot.estimable:
             diff = self.log_m_samples[:, [i]] - self.log_m_samples[:, [j]]
             ci = percentile_intervals(np.exp(diff), ["ratio"])["ratio"]
         seen = all(L_star in self.loss_range[a] for a in (arm, baseline))
@@ -97,6 +108,16 @@ class SparsityLawFit:
                          L_star, self.compute_for_loss(L_star, arm),
                          self.compute_for_loss(L_star, baseline),
                          bool(np.isfinite(L_star) and not seen))
+
+
+def _resampling(df: pd.DataFrame, arm: str = "arm"
+                ) -> tuple[NDArray[np.int64], NDArray[np.int64], str]:
+    """Unit codes, strata (the arm) and the unit's name: runs within each arm, or, with a
+    ``seed`` column, whole seeds (each with all its runs) within each arm."""
+    unit = "seed" if "seed" in df.columns else "run"
+    codes = pd.factorize(df[arm].astype(str) + "\x1f" + df[unit].astype(str))[0]
+    name = "seeds within each arm" if unit == "seed" else "runs within each arm"
+    return codes, pd.factorize(df[arm].astype(str))[0], name
 
 
 def _columns(frame: pd.DataFrame, needed: tuple[str, ...]) -> pd.DataFrame:
@@ -143,23 +164,27 @@ def fit_sparsity_law(frame: pd.DataFrame, *, reference: Hashable | None = None,
     samples = np.empty((0, len(arms)))
     ci: dict[str, Interval] = {}
     m_ci: dict[Hashable, Interval] = {}
+    boot = BootCheck(0, 0, 0)
     if n_boot > 0:
-        codes = pd.factorize(df["arm"].astype(str) + "\x1f" + df["run"].astype(str))[0]
-        W = bootstrap_weights(codes, n_boot, seed, strata=pd.factorize(df["arm"])[0])
+        codes, strata, unit = _resampling(df)
+        W = bootstrap_weights(codes, n_boot, seed, strata=strata)
         reps = refit_power_curves(curves, C, L, arms_in, W, delta)
         par = np.array([[c.E[0], c.A[r], c.alpha] for c in reps])
         samples = np.array([log_m(c) for c in reps])
-        ok = np.all(np.isfinite(par), axis=1) & np.all(np.isfinite(samples), axis=1)
-        ci = bootstrap_intervals(par, ["E", "A", "alpha"], ok)
+        ok = (np.all(np.isfinite(par), axis=1) & np.all(np.isfinite(samples), axis=1)
+              & identified_rows(W, C, arms_in, floor=True, shared_floor=True))
+        boot = BootCheck(n_boot, int(n_boot - ok.sum()), distinct_resamples(codes, strata), unit)
+        ci = checked_intervals(par, ["E", "A", "alpha"], ok, boot)
         samples = samples[ok]
         names = [str(a) for a in arms]
-        ivs = percentile_intervals(np.exp(samples), names)
-        m_ci = {a: ivs[name] for a, name in zip(arms, names, strict=True)}
+        if boot.estimable:
+            ivs = percentile_intervals(np.exp(samples), names)
+            m_ci = {a: ivs[name] for a, name in zip(arms, names, strict=True)}
     loss_range = {a: Interval(float(g.min()), float(g.max()))
                   for a, g in df.groupby("arm")["loss"]}
     fit = SparsityLawFit(arms, ref, E, A, curves.alpha,
                          {a: float(np.exp(v)) for a, v in zip(arms, lm, strict=True)}, ci, m_ci,
-                         (), curves.gof, len(samples), loss_range, samples)
+                         (), curves.gof, len(samples), loss_range, samples, boot)
     star = float("nan") if L_star is None else float(L_star)
     return replace(fit, table=tuple(fit.ratio(arms[i], arms[j], star)
                                     for j in range(len(arms)) for i in range(j + 1, len(arms))))
@@ -184,6 +209,9 @@ class MultiplierCurve:
     shared_exponent: bool
     n_boot_ok: int
     frontier: str = "separate"  # which of FRONTIERS was fitted
+    boot: tuple[BootCheck, ...] = ()  # per L*: replicates failed, distinct resamples
+    passed_over: tuple[str, ...] = ()  # more flexible frontiers whose bootstrap was not estimable
+    se_log: tuple[float, ...] = ()  # per L*: bootstrap sd of log ratio (NaN if not estimable)
 
 
 FRONTIERS: dict[str, str] = {
@@ -210,42 +238,52 @@ def _frontiers(ca: pd.DataFrame, cb: pd.DataFrame, model: str,
     return joint, joint
 
 
-def _first_identified(ca: pd.DataFrame, cb: pd.DataFrame, models: list[str],
-                      delta: float) -> tuple[PowerCurves, PowerCurves, str]:
-    """The first frontier model in ``models`` that is identified on these points."""
-    errors = []
-    for model in models:
-        try:
-            return (*_frontiers(ca, cb, model, delta), model)
-        except FitError as e:
-            errors.append(f"{FRONTIERS[model]}: {e}")
-    raise FitError("; ".join(errors) if len(errors) > 1 else str(errors[0]).split(": ", 1)[1])
-
-
 def compute_multiplier(curves_a: pd.DataFrame, curves_b: pd.DataFrame, L_star: ArrayLike, *,
                        shared_exponent: bool | None = None, n_boot: int = 200, seed: int = 0,
                        max_extrapolation: float = 0.5,
                        delta: float = DEFAULT_HUBER_DELTA) -> MultiplierCurve:
     """C_b(L*) / C_a(L*) for each L* in ``L_star``, with C_x(L*) = ((L* - E_x)/A_x)^(-1/alpha_x).
 
-    ``curves_a`` / ``curves_b``: columns ``run``, ``flops``, ``loss``. Each arm gets its own
+    ``curves_a`` / ``curves_b``: columns ``run``, ``flops``, ``loss`` (and ``seed``, to
+    resample whole seeds). Each arm gets its own
     L = E + A C^-alpha, or (``shared_exponent``) one alpha with per-arm E and A; None tries
-    separate fits and falls back, while a model is not identified, to a shared exponent, then a
-    shared exponent and floor, then pure power laws with a shared exponent (``FRONTIERS``).
-    An L* is answered (else NaN and a reason) only if it is above both floors and each C(L*)
-    lies within the arm's compute range widened by ``max_extrapolation`` decades on each side.
-    Intervals: ``n_boot`` replicates resampling runs within each arm. Raises :class:`FitError`
-    if columns are missing or a frontier cannot be fitted.
+    the ``FRONTIERS`` in order, most flexible first, and keeps the first that is identified on
+    the points and whose bootstrap is estimable at some answered L* (the ones passed over are
+    named in ``passed_over``; if none is estimable the first identified one is kept, with no
+    intervals). An L* is answered (else NaN and a reason) only if it is above both floors and
+    each C(L*) lies within the arm's compute range widened by ``max_extrapolation`` decades on
+    each side. Intervals: ``n_boot`` replicates resampling runs within each arm (Efron &
+    Tibshirani 1993); a replicate fails when it does not identify its frontier or gives no
+    finite ratio, and ``boot`` (per L*) says whether the interval is estimable. Raises
+    :class:`FitError` if columns are missing or no frontier can be fitted.
     """
     ca, cb = (_columns(c, ("run", "flops", "loss")) for c in (curves_a, curves_b))
     stars = np.atleast_1d(np.asarray(L_star, dtype=np.float64))
     models = (list(FRONTIERS) if shared_exponent is None
               else ["shared"] if shared_exponent else ["separate"])
-    fa, fb, model = _first_identified(ca, cb, models, delta)
-    shared = model != "separate"
-    ia, ib = (0, 1) if shared else (0, 0)
-    ratio = fb.compute_for_loss(stars, ib) / fa.compute_for_loss(stars, ia)
-    widen = 10.0**max_extrapolation
+    errors: list[str] = []
+    first: MultiplierCurve | None = None
+    passed: list[str] = []
+    for model in models:
+        try:
+            fa, fb = _frontiers(ca, cb, model, delta)
+        except FitError as e:
+            errors.append(f"{FRONTIERS[model]}: {e}")
+            continue
+        curve = _read_off(ca, cb, fa, fb, model, stars, n_boot, seed, max_extrapolation, delta)
+        first = first or curve
+        answered = [b for b, why in zip(curve.boot, curve.reason, strict=True) if not why]
+        if n_boot <= 0 or not answered or any(b.estimable for b in answered):
+            return replace(curve, passed_over=tuple(passed))
+        passed.append(model)
+    if first is None:
+        raise FitError("; ".join(errors) if len(errors) > 1 else errors[0].split(": ", 1)[1])
+    return first  # none estimable: the most flexible identified one, without intervals
+
+
+def _reasons(ca: pd.DataFrame, cb: pd.DataFrame, fa: PowerCurves, fb: PowerCurves, ia: int,
+             ib: int, stars: FloatArray, widen: float) -> list[str]:
+    """Per L*: why it is not answered (below a floor, or beyond the widened data range)."""
     reasons = []
     for s in stars:
         why = []
@@ -258,27 +296,50 @@ def compute_multiplier(curves_a: pd.DataFrame, curves_b: pd.DataFrame, L_star: A
                 why.append(f"{name} needs C = {need:.3g}, outside its data range widened to "
                            f"[{c_lo:.3g}, {c_hi:.3g}]")
         reasons.append("; ".join(why))
+    return reasons
+
+
+def _read_off(ca: pd.DataFrame, cb: pd.DataFrame, fa: PowerCurves, fb: PowerCurves, model: str,
+              stars: FloatArray, n_boot: int, seed: int, max_extrapolation: float,
+              delta: float) -> MultiplierCurve:
+    """The ratio at each L* under one frontier model, with its checked bootstrap."""
+    shared = model != "separate"
+    ia, ib = (0, 1) if shared else (0, 0)
+    ratio = fb.compute_for_loss(stars, ib) / fa.compute_for_loss(stars, ia)
+    reasons = _reasons(ca, cb, fa, fb, ia, ib, stars, 10.0**max_extrapolation)
     valid = np.array([not r for r in reasons])
     ratio = np.where(valid, ratio, np.nan)
     lo, hi = np.full(len(stars), np.nan), np.full(len(stars), np.nan)
+    se = np.full(len(stars), np.nan)
+    boots: list[BootCheck] = [BootCheck(0, 0, 0)] * len(stars)
     n_ok = 0
     if n_boot > 0:
         both = pd.concat([ca.assign(_arm=0), cb.assign(_arm=1)], ignore_index=True)
-        codes = pd.factorize(both["_arm"].astype(str) + "\x1f" + both["run"].astype(str))[0]
-        W = bootstrap_weights(codes, n_boot, seed, strata=both["_arm"].to_numpy())
+        codes, strata, unit = _resampling(both, "_arm")
+        W = bootstrap_weights(codes, n_boot, seed, strata=strata)
         na = len(ca)
         if shared:
             reps = refit_power_curves(fa, both["flops"], both["loss"], both["_arm"], W, delta)
             pairs = [(r, r) for r in reps]
+            ident = identified_rows(W, both["flops"], both["_arm"], floor=model != "no_floor",
+                                    shared_floor=model == "shared_floor")
         else:
             ra = refit_power_curves(fa, ca["flops"], ca["loss"], None, W[:, :na], delta)
             rb = refit_power_curves(fb, cb["flops"], cb["loss"], None, W[:, na:], delta)
             pairs = list(zip(ra, rb, strict=True))
+            ident = (identified_rows(W[:, :na], ca["flops"], None, floor=True)
+                     & identified_rows(W[:, na:], cb["flops"], None, floor=True))
         rs = np.array([b.compute_for_loss(stars, ib) / a.compute_for_loss(stars, ia)
                        for a, b in pairs])
-        lo, hi = np.full(len(stars), np.nan), np.full(len(stars), np.nan)
-        if valid.any():
-            n_ok = int(np.sum(np.all(np.isfinite(rs[:, valid]), axis=1)))
-            lo[valid], hi[valid] = np.nanpercentile(rs[:, valid], [2.5, 97.5], axis=0)
+        good = np.isfinite(rs) & (rs > 0) & ident[:, None]
+        distinct = distinct_resamples(codes, strata)
+        boots = [BootCheck(n_boot, int(n_boot - good[:, j].sum()), distinct, unit)
+                 for j in range(len(stars))]
+        n_ok = int(ident.sum())
+        for j, b in enumerate(boots):
+            if valid[j] and b.estimable:
+                lo[j], hi[j] = np.percentile(rs[good[:, j], j], [2.5, 97.5])
+                se[j] = float(np.std(np.log(rs[good[:, j], j]), ddof=1))
     return MultiplierCurve(tuple(stars.tolist()), tuple(ratio.tolist()), tuple(lo.tolist()),
-                           tuple(hi.tolist()), tuple(reasons), fa, fb, shared, n_ok, model)
+                           tuple(hi.tolist()), tuple(reasons), fa, fb, shared, n_ok, model,
+                           tuple(boots), (), tuple(se.tolist()))

@@ -204,6 +204,30 @@ def repair(name: str) -> None:
 
 
 @cli.command()
+@click.argument("name")
+def rescore(name: str) -> None:
+    """Evaluate every finished trial's final weights on the current val/test splits.
+
+    Logs rescore/val/loss and rescore/test/loss at each run's last step (no new runs, no new
+    steps); a second run logs nothing new. Trials finished by an older harness have no final
+    weights and are listed as not rescorable.
+
+    \b
+    Example:
+      harness rescore sparsity
+    """
+    from harness.rescore import rescore_sweep
+
+    outcomes = rescore_sweep(name)
+    for o in outcomes:
+        click.echo(o.line())
+    kinds = [o.kind for o in outcomes]
+    click.echo(f"{name}: {len(outcomes)} finished trials · {kinds.count('rescored')} rescored · "
+               f"{kinds.count('already rescored')} already rescored · "
+               f"{kinds.count('not rescorable')} not rescorable")
+
+
+@cli.command()
 @click.argument("trial_file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--experiment", default="train", show_default=True, help="MLflow experiment.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,

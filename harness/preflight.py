@@ -76,7 +76,8 @@ def _check_streams(group: list[TrialConfig], where: str) -> str:
     except (OSError, ValueError) as e:
         raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
     need = max(t.train.seq_len for t in group) + 1
-    for stream, n in (("validation", len(data.val)), ("training", len(data.train))):
+    for stream, n in (("validation", len(data.val)), ("test", len(data.test)),
+                      ("training", len(data.train))):
         if n < need:
             raise ConfigError(f"{where}: the {stream} stream has {n} tokens, fewer than "
                               f"train.seq_len + 1 ({need}); give more data or a shorter seq_len")
@@ -130,7 +131,8 @@ def check_storage(storage: Path, trials: list[TrialConfig]) -> None:
 
     The folder must take a new file (tried, since root ignores permission bits) and have room
     for two checkpoints per trial to run (``ckpt.pt`` and the ``ckpt.prev.pt`` kept in case it is
-    damaged) plus the one being written (sizes from harness.memory).
+    damaged) plus the one being written (sizes from harness.memory), and for each trial's final
+    weights (``final.pt``, fp32, kept after it finishes for ``harness rescore``).
     """
     try:
         storage.mkdir(parents=True, exist_ok=True)
@@ -139,13 +141,19 @@ def check_storage(storage: Path, trials: list[TrialConfig]) -> None:
     except OSError as e:
         raise ConfigError(f"HARNESS_STORAGE ({storage}): not writable ({e.strerror})") from None
     sizes = [checkpoint_bytes(t) for t in trials]
-    need = 2 * sum(sizes) + max(sizes, default=0)
+    need = 2 * sum(sizes) + max(sizes, default=0) + sum(final_weights_bytes(t) for t in trials)
     free = shutil.disk_usage(storage).free
     if free < need:
         raise ConfigError(
             f"HARNESS_STORAGE ({storage}): {free / 2**20:.2f} MiB free, the checkpoints of "
             f"{len(trials)} trials need ~{need / 2**20:.2f} MiB"
         )
+
+
+def final_weights_bytes(trial: TrialConfig) -> int:
+    """Bytes of a finished trial's ``final.pt``: fp32 weights, plus 64 KiB for the archive's
+    framing, the config and the router biases."""
+    return 4 * trial.model.param_counts().total + 65536
 
 
 def check_resources(sweep: SweepConfig) -> None:

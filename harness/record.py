@@ -9,6 +9,7 @@ writes and reads the format.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +19,9 @@ from harness.checkpoint import DamagedFileError, read_json, set_aside, write_jso
 from harness.tracking import TrialStatus
 
 CKPT, PREV, RESULT = "ckpt.pt", "ckpt.prev.pt", "result.json"
+FINAL = "final.pt"
+"""A finished trial's final model weights (fp32 state dict, with its step, data id and config),
+kept beside ``result.json`` so ``harness rescore`` can evaluate it on other splits."""
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class TrialResult:
     final_val_loss: float
     wall_s: float
     tokens_per_s: float
+    final_test_loss: float = math.nan  # test/loss at the last step (NaN: diverged, older record)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from harness.config import AnalysisSpec, Resources, SweepConfig, TrialConfig
+from harness.config.sweep import ClaimSpec
 
 
 @dataclass(frozen=True)
@@ -137,9 +138,9 @@ def trial_sections() -> list[Section]:
 
 
 def sweep_sections() -> list[Section]:
-    """The sweep file's top level, then ``resources`` and ``analysis``."""
+    """The sweep file's top level, then ``resources``, ``analysis`` and ``analysis.claim``."""
     return [section(SweepConfig, ""), section(Resources, "resources."),
-            section(AnalysisSpec, "analysis.")]
+            section(AnalysisSpec, "analysis."), section(ClaimSpec, "analysis.claim.")]
 
 
 def all_keys() -> set[str]:

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -314,6 +315,19 @@ class Store:
         for path in files:
             self.client.log_artifact(run_id, str(path), RESULTS_DIR)
         self.client.log_text(run_id, section, f"{RESULTS_DIR}/report.md")
+
+    def log_at_step(self, run_id: str, step: int, metrics: dict[str, float],
+                    params: dict[str, Any]) -> None:
+        """Log ``metrics`` at ``step`` and ``params`` to an existing (finished) run in one batch;
+        its status stays as it is. MLflow params are write-once: each must be new or unchanged."""
+        from mlflow.entities import Metric, Param
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            run_id,
+            metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
+            params=[Param(k, str(v)) for k, v in params.items()],
+        )
 
     def log_missing_params(self, run: Any, params: dict[str, Any]) -> int:
         """Log the params ``run`` lacks (MLflow params are write-once); return how many."""

@@ -3,8 +3,13 @@
 ``run_trial`` is resumable: a checkpoint every ``train.checkpoint_every`` tokens holds the model,
 optimizer, step and the metric rows logged so far; a restarted trial loads it, replays the rows
 (trackers drop points they already have) and continues, so on CPU the resumed curve equals the
-uninterrupted one exactly. A finished trial leaves ``result.json`` and is never run twice.
+uninterrupted one exactly. A finished trial leaves ``result.json`` and its final weights
+``final.pt`` (model only, fp32; what ``harness rescore`` evaluates) and is never run twice.
 Batches are a pure function of (seed, step), so no data state is needed to resume.
+
+Evaluation: ``val/loss`` (the validation set, for selection) at every ``train.eval_every`` tokens
+and at the last step; ``test/loss`` (the test set, for the numbers reported) at the last step of a
+finished trial only, which keeps its cost to one more pass (see docs/design.md).
 
 Each save keeps the checkpoint before it as ``ckpt.prev.pt``. A damaged ``ckpt.pt`` (torn,
 zeroed, bytes changed, not this trainer's) is set aside with one warning and the trial resumes
@@ -33,12 +38,13 @@ from harness.checkpoint import (
     save_atomic,
 )
 from harness.config import HarnessError, TrialConfig
-from harness.data import TokenData, load_data, train_batch, val_batches
+from harness.data import TokenData, eval_batches, load_data, split_ids, train_batch, val_batches
 from harness.env import device_peak_flops, environment_tags, pick_device
 from harness.model.transformer import Telemetry, Transformer
 from harness.optim import build_optimizer, qk_clip_
 from harness.record import (
     CKPT,
+    FINAL,
     PREV,
     RESULT,
     TrialRecord,
@@ -51,6 +57,10 @@ from harness.store import data_sha, trial_params
 from harness.tracking import Tracker, TrialStatus
 
 log = logging.getLogger(__name__)
+
+
+Batches = list[tuple[torch.Tensor, torch.Tensor]]
+"""An evaluation set: batches of (inputs, targets), each (B, T) int64."""
 
 
 class DataChangedError(HarnessError):
@@ -96,7 +106,7 @@ class Trainer:
         )
         self.micro_bs = (tc.micro_batch_tokens or tc.batch_tokens) // tc.seq_len
         self.flops_per_token = trial.model.flops_per_token(tc.seq_len)
-        self.val = val_batches(data, tc.seq_len, trial.data.val_tokens, self.micro_bs)
+        self.val, self.test = eval_sets(trial, data)
         self.autocast = device.type == "cuda"
         self.step = 0
         self.rows: list[tuple[int, dict[str, float]]] = []
@@ -176,15 +186,20 @@ class Trainer:
         max_norm = self.trial.train.grad_clip or math.inf
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
-    @torch.no_grad()
-    def evaluate(self) -> float:
-        self.model.eval()
-        losses = [self.loss_of(x.to(self.device), y.to(self.device))[0] for x, y in self.val]
-        self.model.train()
-        return float(torch.stack(losses).mean())
+    def evaluate(self, batches: Batches | None = None) -> float:
+        """Mean loss over ``batches`` (default: the validation set)."""
+        return mean_loss(self.model, self.forward, self.val if batches is None else batches,
+                         self.device)
+
+    def final_weights(self) -> dict[str, Any]:
+        """What ``final.pt`` holds: fp32 weights, step, data id and the resolved config."""
+        return {"model": self.model.state_dict(), "step": self.step,
+                "data_sha": data_sha(self.data.fingerprint),
+                "trial": self.trial.model_dump_json()}
 
     # metrics -----------------------------------------------------------------------------------
-    def metrics(self, w: _Window, val_loss: float | None) -> dict[str, float]:
+    def metrics(self, w: _Window, val_loss: float | None,
+                test_loss: float | None = None) -> dict[str, float]:
         tokens = self.tokens_seen
         tps = w.tokens / max(w.seconds, 1e-9)
         m: dict[str, float] = {
@@ -197,6 +212,8 @@ class Trainer:
         }
         if val_loss is not None:
             m["val/loss"] = val_loss
+        if test_loss is not None:
+            m["test/loss"] = test_loss
         rms = getattr(self.optimizer, "last_update_rms", None)
         if rms is not None:
             m["muon/update_rms"] = float(rms)
@@ -253,6 +270,30 @@ class Trainer:
         return "\n".join(lines) + "\n"
 
 
+def eval_sets(trial: TrialConfig, data: TokenData) -> tuple[Batches, Batches]:
+    """The trial's (validation, test) sets, in batches of its micro-batch size."""
+    tc = trial.train
+    micro_bs = (tc.micro_batch_tokens or tc.batch_tokens) // tc.seq_len
+    return (val_batches(data, tc.seq_len, trial.data.val_tokens, micro_bs),
+            eval_batches(data.test, tc.seq_len, trial.data.eval_test_tokens, micro_bs, "test"))
+
+
+@torch.no_grad()
+def mean_loss(model: torch.nn.Module, forward: Callable[..., Any], batches: Batches,
+              device: torch.device) -> float:
+    """Mean cross-entropy (nats per token) of ``forward`` over ``batches`` of (inputs, targets)
+    (B, T), ``model`` in eval mode, bf16 autocast on CUDA as in training: the one evaluation the
+    trainer and ``harness rescore`` share, so both give the same number for the same weights."""
+    model.eval()
+    losses = []
+    for x, y in batches:
+        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
+            logits, _ = forward(x.to(device))  # (B, T, V)
+        losses.append(F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten()))
+    model.train()
+    return float(torch.stack(losses).mean())
+
+
 def same_data(logged: str | None, data: TokenData, path: Path | None) -> None:
     """Refuse to replay or resume from ``path`` when it was trained on other data than the
     trial's data gives now (files rewritten under the same names, another Python's standard
@@ -295,11 +336,12 @@ def _resume(trainer: Trainer, ckpt_dir: Path) -> None:
 
 
 def _clean_up(ckpt_dir: Path) -> None:
-    """After ``result.json`` is written: the checkpoints and any killed writer's temporaries."""
+    """After ``result.json`` is written: the checkpoints (``final.pt`` stays) and any killed
+    writer's temporaries."""
     for name in (CKPT, PREV):
         (ckpt_dir / name).unlink(missing_ok=True)
-    remove_temps(ckpt_dir / CKPT)
-    remove_temps(ckpt_dir / RESULT)
+    for name in (CKPT, RESULT, FINAL):
+        remove_temps(ckpt_dir / name)
 
 
 def run_trial(
@@ -332,7 +374,7 @@ def run_trial(
     if ckpt_dir is not None:
         _resume(trainer, ckpt_dir)
     tags = {**environment_tags(device), "trial_hash": trial.hash}
-    params = trial_params(trial, data.fingerprint)
+    params = trial_params(trial, data.fingerprint) | split_ids(data.fingerprint)
     tracker.set_tags(tags)
     tracker.log_params(params)
     tracker.log_artifact("trial.yaml", trial_yaml(trial))
@@ -351,6 +393,8 @@ def run_trial(
     for name, text in artifacts.items():
         tracker.log_artifact(name, text)
     if ckpt_dir is not None:
+        if status == TrialStatus.FINISHED:  # before the record: a finished trial has both
+            save_atomic(trainer.final_weights(), ckpt_dir / FINAL)
         write_record(TrialRecord(result, trainer.rows, artifacts, params, tags), ckpt_dir)
         _clean_up(ckpt_dir)
     tracker.finish(status)
@@ -382,7 +426,9 @@ def _train(
         last = trainer.step == tc.steps or diverged
         if trainer.step % tc.log_every == 0 or last or trainer.step % eval_steps == 0:
             wants_eval = (trainer.step % eval_steps == 0 or last) and not diverged
-            metrics = trainer.metrics(window, trainer.evaluate() if wants_eval else None)
+            final = last and not diverged
+            metrics = trainer.metrics(window, trainer.evaluate() if wants_eval else None,
+                                      trainer.evaluate(trainer.test) if final else None)
             trainer.rows.append((trainer.step, metrics))
             tracker.log_metrics(metrics, step=trainer.step)
             if on_log is not None:
@@ -403,6 +449,7 @@ def _train(
 def _result(trainer: Trainer, status: TrialStatus) -> TrialResult:
     last = trainer.rows[-1][1] if trainer.rows else {}
     vals = [m["val/loss"] for _, m in trainer.rows if "val/loss" in m]
+    tests = [m["test/loss"] for _, m in trainer.rows if "test/loss" in m]
     tokens = trainer.tokens_seen
     return TrialResult(
         status=status,
@@ -413,6 +460,7 @@ def _result(trainer: Trainer, status: TrialStatus) -> TrialResult:
         final_val_loss=float(vals[-1]) if vals else math.nan,
         wall_s=trainer.elapsed,
         tokens_per_s=tokens / max(trainer.elapsed, 1e-9),
+        final_test_loss=float(tests[-1]) if tests else math.nan,
     )
 
 

@@ -1,92 +1,118 @@
-"""The summary verdicts: intervals and paired loss changes against the direction of a claim."""
+"""The verdict rules (``analysis.claims``): declared claims read against typed results."""
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
+import math
+
 import pytest
+from pydantic import ValidationError
 
-from analysis.claims import (
-    LOGITS_CLAIM,
-    logits_headline,
-    loss_verdict,
-    multiplier_headlines,
-    summary_table,
-    verdict,
+from analysis.claims import cap_headline, headlines, interval_verdict, judge, summary_table
+from analysis.inference import Noise
+from analysis.results import (
+    ArmLogits,
+    Estimate,
+    Evidence,
+    Logits,
+    Multiplier,
+    MultiplierAt,
+    Pair,
+    PairedChange,
 )
-from analysis.studies import Study
+from analysis.wording import Verdict, percent, times
+from harness.config.sweep import AnalysisSpec, ClaimSpec
+
+EFFECT = ClaimSpec(text="x is better", kind="effect", arms=["a"], published=1.3)
+WORSE = ClaimSpec(text="x is worse", kind="effect", direction="worse", arms=["a"])
+SAME = ClaimSpec(text="no penalty", kind="no_penalty", margin=0.1, arms=["a"])
+LOSS = ClaimSpec(text="lower loss", kind="effect", measure="loss", arms=["a"], published=-0.01)
+LOSS_SAME = ClaimSpec(text="no loss penalty", kind="no_penalty", measure="loss", margin=0.01,
+                      arms=["a"])
 
 
-def fake_study(**tables: pd.DataFrame) -> Study:
-    return Study("s", "multiplier", "", "", (), tables, ())
-
-
-@pytest.mark.parametrize(("expect", "lo", "hi", "starts"), [
-    ("above", 1.1, 1.4, "agrees"), ("above", 0.7, 0.9, "disagrees"),
-    ("above", 0.9, 1.2, "no detectable"), ("below", 0.7, 0.9, "agrees"),
-    ("below", 1.1, 1.3, "disagrees"), ("near", 0.9, 1.1, "agrees"),
-    ("near", 1.05, 1.3, "disagrees"), ("above", np.nan, 1.2, "no interval"),
+@pytest.mark.parametrize(("claim", "lo", "hi", "expected"), [
+    (EFFECT, 1.1, 1.4, Verdict.AGREES), (EFFECT, 0.7, 0.9, Verdict.DISAGREES),
+    (EFFECT, 0.9, 1.2, Verdict.INCONCLUSIVE), (WORSE, 0.7, 0.9, Verdict.AGREES),
+    (WORSE, 1.1, 1.3, Verdict.DISAGREES),
+    (SAME, 0.92, 1.08, Verdict.AGREES),          # inside 0.9-1.1x
+    (SAME, 0.95, 1.2, Verdict.INCONCLUSIVE),     # spans 1x but crosses the margin: not "agrees"
+    (SAME, 0.6, 0.85, Verdict.DISAGREES), (SAME, 1.15, 1.3, Verdict.DISAGREES),
+    (LOSS, -0.03, -0.01, Verdict.AGREES),        # lower loss is better
+    (LOSS, 0.01, 0.03, Verdict.DISAGREES), (LOSS, -0.02, 0.01, Verdict.INCONCLUSIVE),
+    (LOSS_SAME, -0.005, 0.008, Verdict.AGREES), (LOSS_SAME, -0.02, 0.005, Verdict.INCONCLUSIVE),
+    (LOSS_SAME, 0.012, 0.05, Verdict.DISAGREES),
 ])
-def test_verdict_reads_the_interval_against_one(expect, lo, hi, starts) -> None:
-    assert verdict(expect, lo, hi).startswith(starts)
+def test_interval_verdicts(claim: ClaimSpec, lo: float, hi: float, expected: Verdict) -> None:
+    assert interval_verdict(claim, lo, hi)[0] is expected
 
 
-def test_loss_verdict_reads_the_sign_of_every_pair() -> None:
-    assert loss_verdict("above", -0.2, -0.01) == "agrees"  # lower loss in every pair
-    assert loss_verdict("above", 0.01, 0.2) == "disagrees"
-    assert loss_verdict("above", -0.1, 0.1).startswith("no consistent")
-    assert loss_verdict("near", -0.1, 0.1).startswith("agrees")
-    assert loss_verdict("near", 0.01, 0.1).startswith("disagrees")
+def multiplier(lo: float, hi: float, value: float = 1.0, reason: str = "") -> Multiplier:
+    flops = Estimate(value, lo, hi, reason, "bootstrap", 0.05)
+    at = MultiplierAt(1.5, flops, flops.scaled(0.5))
+    return Multiplier("a", "b", "separate exponents", (at,), 0.5, at)
 
 
-def test_multiplier_headline_prefers_an_answered_middle_target() -> None:
-    table = pd.DataFrame({
-        "arm": ["muon"] * 3 + ["muonclip"], "baseline": "adamw",
-        "L_star": [2.0, 2.2, 2.4, 2.2], "ratio": [1.2, 1.3, 9.0, 0.8],
-        "lo": [1.1, 1.15, np.nan, 0.7], "hi": [1.3, 1.45, np.nan, 0.95],
-        "reason": [None, None, "extrapolated", None]})
-    rows = multiplier_headlines(fake_study(multipliers=table), "arm", "adamw")
-    assert [r.ours.split(":")[0] for r in rows] == ["muon over adamw", "muonclip over adamw"]
-    assert "1.30x (1.15-1.45)" in rows[0].ours and rows[0].verdict == "agrees"
-    assert rows[0].differ == "" and rows[1].verdict == "disagrees" and rows[1].differ
+def change(values: list[float], sd: float = 0.01) -> PairedChange:
+    pairs = tuple(Pair("tokens=1M", s, "1M", v, 0.0) for s, v in enumerate(values))
+    mean = sum(values) / len(values)
+    est = Estimate(mean, mean - 0.02, mean + 0.02, "", "t", sd)
+    return PairedChange("a", "b", pairs, est, est, "1M", Noise(sd, 3, "seeds"), 2.8 * sd,
+                        len(values), "tokens=1M")
 
 
-def test_multiplier_headline_falls_back_to_paired_losses() -> None:
-    changes = pd.DataFrame({"arm": ["muon", "muon"], "baseline": "adamw",
-                            "rel_change": [-0.15, -0.05]})
-    (row,) = multiplier_headlines(fake_study(final_loss_changes=changes), "arm", "adamw")
-    assert "-10.00%" in row.ours and "no multiplier" in row.ours and row.verdict == "agrees"
+def test_not_estimable_is_inconclusive_and_never_a_number() -> None:
+    m = multiplier(float("nan"), float("nan"), 1.23, "not estimable: 35% of 200 refits failed")
+    verdict, why = judge(EFFECT, Evidence("a", "b", m, change([0.0])))
+    assert verdict is Verdict.INCONCLUSIVE and "not estimable" in why
+    assert "1.23" not in times(m.read.flops) and times(m.read.flops).startswith("not estimable")
+    assert percent(Estimate(0.05, reason="not estimable: x")).startswith("not estimable")
+    (row,) = headlines("s", EFFECT, [Evidence("a", "b", m, change([0.0]))])
+    assert "1.23" not in row.ours and row.differ == EFFECT.differ
 
 
-def test_logits_headline_needs_growth_without_clip_and_a_held_cap() -> None:
-    logits = pd.DataFrame({"arm": ["tau=none", "tau=none", "tau=30", "tau=100"],
-                           "peak": [400.0, 600.0, 50.0, 160.0],  # pre-clip: above tau early
-                           "last_quarter_mean": [300.0, 350.0, 31.0, 101.0],
-                           "tau": [np.nan, np.nan, 30, 100]})
-    (row,) = logits_headline(fake_study(max_logit=logits), "tau=none")
-    assert row.claim == LOGITS_CLAIM and row.verdict.startswith("agrees")
-    assert "tau=none 500 peak, 325 late" in row.ours
-    over = logits.assign(last_quarter_mean=[300.0, 350.0, 45.0, 101.0])
-    assert logits_headline(fake_study(max_logit=over), "tau=none")[0].verdict.startswith(
-        "disagrees")
-    low = logits.assign(peak=[20.0, 25.0, 20.0, 20.0], last_quarter_mean=20.0)
-    assert logits_headline(fake_study(max_logit=low), "tau=none")[0].verdict.startswith("partly")
+def test_a_grid_edge_makes_the_verdict_inconclusive_unless_allowed() -> None:
+    ev = Evidence("a", "b", multiplier(1.2, 1.5, 1.3), change([0.0]), ("tokens=1M",))
+    assert judge(EFFECT, ev)[0] is Verdict.INCONCLUSIVE
+    assert "edge" in judge(EFFECT, ev)[1]
+    assert judge(EFFECT, ev, edge="allow")[0] is Verdict.AGREES
+    # a loss read-out uses only the cells at the largest budget
+    elsewhere = Evidence("a", "b", None, change([-0.05, -0.04]), ("tokens=500k",))
+    assert judge(LOSS, elsewhere)[0] is Verdict.AGREES
 
 
-def test_summary_table_escapes_pipes() -> None:
-    rows = multiplier_headlines(fake_study(final_loss_changes=pd.DataFrame(
-        {"arm": ["muon"], "baseline": "adamw", "rel_change": [-0.1]})), "arm", "adamw")
-    table = summary_table(rows)
-    assert table.count("\n") == 2 and all(line.count("|") == 6 for line in table.splitlines())
+def test_headline_shows_the_paired_change_and_power_beside_the_read_out() -> None:
+    (row,) = headlines("s", EFFECT, [Evidence("a", "b", multiplier(1.2, 1.5, 1.3),
+                                              change([-0.02, -0.03]))])
+    assert row.verdict is Verdict.AGREES and row.differ == ""
+    assert "1.30x (95% CI 1.20-1.50) in FLOPs" in row.ours and "wall-clock" in row.ours
+    assert "final loss" in row.beside and "largest common budget" in row.beside
+    mde = math.exp(2.80 * 0.05)
+    assert f"MDE {mde:.2f}x" in row.power and "seeds for the published effect" in row.power
+    table = summary_table([row])
+    assert table.count("\n") == 2 and all(line.count("|") == 8 for line in table.splitlines())
     assert summary_table([]) == ""
 
 
-def test_an_iso_token_claim_is_judged_on_paired_losses_next_to_the_multiplier() -> None:
-    mult = pd.DataFrame({"arm": ["n_heads=8"], "baseline": "n_heads=4", "L_star": [1.5],
-                         "ratio": [0.7], "lo": [0.6], "hi": [0.8], "reason": [None]})
-    changes = pd.DataFrame({"arm": ["n_heads=8"] * 3, "baseline": "n_heads=4",
-                            "rel_change": [-0.02, -0.01, -0.005]})
-    study = fake_study(multipliers=mult, final_loss_changes=changes)
-    (row,) = multiplier_headlines(study, "model.attention.n_heads", "n_heads=4")
-    assert row.verdict == "agrees"  # lower loss at equal tokens in every pair
-    assert "at equal tokens" in row.ours and "0.70x (0.60-0.80)" in row.ours
+def test_cap_headline_needs_growth_without_clip_and_a_held_cap() -> None:
+    arms = (ArmLogits("none", 500.0, 325.0, float("nan")), ArmLogits("tau=30", 50.0, 31.0, 30.0),
+            ArmLogits("tau=100", 160.0, 101.0, 100.0))
+    assert cap_headline("s", Logits("none", arms), "").verdict is Verdict.AGREES
+    over = (*arms[:1], ArmLogits("tau=30", 50.0, 45.0, 30.0), arms[2])
+    assert cap_headline("s", Logits("none", over), "").verdict is Verdict.DISAGREES
+    low = (ArmLogits("none", 20.0, 20.0, float("nan")), *arms[1:])
+    assert cap_headline("s", Logits("none", low), "").verdict is Verdict.INCONCLUSIVE
+
+
+def test_claims_are_declared_and_validated() -> None:
+    spec = AnalysisSpec.model_validate({"kind": "multiplier", "claim": {
+        "text": "t", "kind": "no_penalty", "margin": 0.05, "arms": [1, 0]}})
+    assert spec.claim is not None and spec.claim.read_at == "largest_budget"
+    with pytest.raises(ValidationError, match="kind"):
+        AnalysisSpec.model_validate({"claim": {"text": "t", "kind": "maybe", "arms": [1]}})
+    with pytest.raises(ValidationError, match="curves"):
+        AnalysisSpec.model_validate({"claim": {"text": "t", "kind": "effect", "arms": [1]}})
+    with pytest.raises(ValidationError, match="logits"):
+        AnalysisSpec.model_validate({"kind": "logits", "claim": {
+            "text": "t", "kind": "effect", "arms": [1]}})
+    with pytest.raises(ValidationError, match="margin"):
+        ClaimSpec(text="t", kind="no_penalty", margin=0, arms=[1])

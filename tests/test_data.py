@@ -20,6 +20,8 @@ from tokenizers import Tokenizer
 from harness.config import DataConfig
 from harness.data import (
     TokenData,
+    eval_batches,
+    eval_windows,
     load_data,
     make_language,
     read_shard,
@@ -30,7 +32,9 @@ from harness.data import (
     val_batches,
     write_shard,
 )
-from harness.data.documents import split_documents, stdlib_root
+from harness.data.documents import read_documents, stdlib_root
+from harness.data.splits import TEST, TRAIN, VAL, split_documents
+from harness.data.synthetic import SEGMENT_TOKENS
 
 T, B = 64, 8
 
@@ -46,11 +50,12 @@ def stdlib_data(stdlib_cache: Path) -> TokenData:
 
 
 def make_text_folder(root: Path, n: int = 40) -> Path:
-    """``n`` small documents with distinct contents, some in a subfolder."""
+    """``n`` small documents with distinct contents (no two share a word 5-gram), some in a
+    subfolder."""
     for i in range(n):
         path = root / ("sub" if i % 3 == 0 else ".") / f"doc_{i:03d}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        words = " ".join(f"w{(i * 7 + j) % 50}" for j in range(200))
+        words = " ".join(f"w{i}_{(j * 7) % 50}" for j in range(200))
         path.write_text(f"document {i}\n{words}\nend of document {i}\n")
     return root
 
@@ -86,7 +91,8 @@ def test_stdlib_load_stable_cached_and_fast(tmp_path: Path) -> None:
     assert first_s < 5.0, f"first stdlib load took {first_s:.1f}s"
     fp = first.fingerprint
     assert fp["corpus"] == "stdlib" and fp["bytes"] > 5_000_000 and fp["files"] > 100
-    assert len(first.train) + len(first.val) == fp["bytes"]  # bytes tokenizer: 1 token per byte
+    n_tokens = len(first.train) + len(first.val) + len(first.test)
+    assert n_tokens == fp["bytes"]  # bytes tokenizer: 1 token per byte
     assert first.vocab_size == 256 and first.entropy is None
     json.dumps(fp)
     cached = sorted((tmp_path / "tokens").iterdir())
@@ -98,6 +104,7 @@ def test_stdlib_load_stable_cached_and_fast(tmp_path: Path) -> None:
     assert isinstance(second.train, np.memmap)
     np.testing.assert_array_equal(first.train, second.train)
     np.testing.assert_array_equal(first.val, second.val)
+    np.testing.assert_array_equal(first.test, second.test)
     assert not list(tmp_path.rglob("*.tmp"))
 
 
@@ -111,14 +118,14 @@ def test_concurrent_first_loads_share_one_cache(tmp_path: Path) -> None:
         shas = list(pool.map(_train_sha, [str(tmp_path)] * 3))
     assert len(set(shas)) == 1 and shas[0] == _train_sha(str(tmp_path))
     assert not list(tmp_path.rglob("*.tmp"))
-    assert len(list((tmp_path / "tokens").iterdir())) == 3  # train, val, meta
+    assert len(list((tmp_path / "tokens").iterdir())) == 4  # train, val, test, meta
 
 
 def test_stdlib_batches(stdlib_data: TokenData) -> None:
     assert_batches_deterministic(stdlib_data)
 
 
-def test_val_batches_fixed_and_cover_the_stream(stdlib_data: TokenData) -> None:
+def test_val_batches_fixed_and_spread_over_the_stream(stdlib_data: TokenData) -> None:
     n_tokens = 5000
     batches = val_batches(stdlib_data, T, n_tokens, B)
     again = val_batches(stdlib_data, T, n_tokens, B)
@@ -130,26 +137,47 @@ def test_val_batches_fixed_and_cover_the_stream(stdlib_data: TokenData) -> None:
     y = torch.cat([b[1] for b in batches])
     W = (n_tokens - 1) // T
     assert x.shape == (W, T) and all(b[0].shape[0] <= B for b in batches)
-    val = torch.from_numpy(np.asarray(stdlib_data.val[: W * T + 1], dtype=np.int64))
-    assert torch.equal(y.reshape(-1), val[1:])  # every token after the first is a target once
-    assert torch.equal(x.reshape(-1), val[:-1])
+    assert torch.equal(x[:, 1:], y[:, :-1])
+    val = np.asarray(stdlib_data.val, dtype=np.int64)
+    starts = eval_windows(len(val), T, n_tokens)
+    assert starts[0] == 0 and starts[-1] == len(val) - 1 - T  # first to last token of the split
+    assert np.all(np.diff(starts) >= T)  # never overlapping: each target counted once
+    assert np.ptp(np.diff(starts)) <= 1  # evenly spaced
+    for w in (0, W // 2, W - 1):
+        assert torch.equal(x[w], torch.from_numpy(val[starts[w] : starts[w] + T]))
+
+
+def test_eval_windows_tile_a_short_stream() -> None:
+    stream = np.arange(10 * T + 1, dtype=np.uint16)
+    batches = eval_batches(stream, T, 10 * T + 1, B)
+    x = torch.cat([b[0] for b in batches])
+    y = torch.cat([b[1] for b in batches])
+    assert torch.equal(y.reshape(-1), torch.arange(1, 10 * T + 1))  # every target exactly once
+    assert torch.equal(x.reshape(-1), torch.arange(10 * T))
+    assert len(eval_batches(stream, T, 10**9, B)) == len(batches)  # capped at the stream
 
 
 def test_split_by_document_disjoint_and_stable(tmp_path: Path) -> None:
     folder = make_text_folder(tmp_path / "text")
-    cfg = DataConfig(corpus="text", path=str(folder), val_fraction=0.2)
+    cfg = DataConfig(corpus="text", path=str(folder), val_fraction=0.2, test_fraction=0.2)
     data = load_data(cfg, tmp_path / "cache")
-    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.txt"))
-    is_val = split_documents(names, 0.2)
-    assert 0 < is_val.sum() < len(names)
-    np.testing.assert_array_equal(is_val, split_documents(names, 0.2))
-    assert np.array_equal(is_val, split_documents([*names, "zzz_new.txt"], 0.2)[:-1])
-    docs = {n: (folder / n).read_bytes() for n in names}
-    train = b"".join(docs[n] for n, v in zip(names, is_val, strict=True) if not v)
-    val = b"".join(docs[n] for n, v in zip(names, is_val, strict=True) if v)
-    assert np.asarray(data.train).astype(np.uint8).tobytes() == train
-    assert np.asarray(data.val).astype(np.uint8).tobytes() == val
-    assert data.fingerprint["val_files"] == int(is_val.sum())
+    files = sorted(folder.rglob("*.txt"))
+    docs = read_documents(folder, files)
+    split = split_documents(docs, 0.2, 0.2, cfg.near_dup_jaccard)
+    assert split.n_groups == len(docs)  # distinct documents: one group each
+    assert all((split.side == s).any() for s in (TRAIN, VAL, TEST))
+    again = split_documents(docs, 0.2, 0.2, cfg.near_dup_jaccard)
+    np.testing.assert_array_equal(split.side, again.side)
+    extra = tmp_path / "extra"
+    shutil.copytree(folder, extra)
+    (extra / "zzz_new.txt").write_text("a new document about something else entirely")
+    more = read_documents(extra, sorted(extra.rglob("*.txt")))
+    assert np.array_equal(split.side, split_documents(more, 0.2, 0.2, 0.3).side[:-1])
+    for code, stream in ((TRAIN, data.train), (VAL, data.val), (TEST, data.test)):
+        text = b"".join(d.data for d, s in zip(docs, split.side, strict=True) if s == code)
+        assert np.asarray(stream).astype(np.uint8).tobytes() == text
+    assert data.fingerprint["val_files"] == int((split.side == VAL).sum())
+    assert data.fingerprint["test_files"] == int((split.side == TEST).sum())
     assert_batches_deterministic(data)
 
 
@@ -172,12 +200,12 @@ def test_bpe_on_stdlib_subset(tmp_path: Path) -> None:
     tok = Tokenizer.from_file(str(tok_file))
     eot = tok.token_to_id("<|endoftext|>")
     assert int(np.sum(np.asarray(data.val) == eot)) == data.fingerprint["val_files"]
+    assert int(np.sum(np.asarray(data.test) == eot)) == data.fingerprint["test_files"]
     first_doc = np.asarray(data.train[: int(np.argmax(np.asarray(data.train) == eot))])
-    rel = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.py"))
-    train_names = [
-        n for n, v in zip(rel, split_documents(rel, cfg.val_fraction), strict=True) if not v
-    ]
-    assert tok.decode(first_doc.tolist()) == (folder / train_names[0]).read_text()
+    docs = read_documents(folder, sorted(folder.rglob("*.py")))
+    split = split_documents(docs, cfg.val_fraction, cfg.test_fraction, cfg.near_dup_jaccard)
+    train_docs = [d for d, s in zip(docs, split.side, strict=True) if s == TRAIN]
+    assert tok.decode(first_doc.tolist()) == train_docs[0].data.decode()
     mtime = tok_file.stat().st_mtime_ns
     again = load_data(cfg, cache)
     assert again.fingerprint == data.fingerprint and tok_file.stat().st_mtime_ns == mtime
@@ -212,10 +240,12 @@ def test_tokens_corpus_splits(tmp_path: Path) -> None:
         ["fineweb_train_000001", "fineweb_train_000002", "fineweb_val_000000"], parts, strict=True
     ):
         write_shard(named / f"{name}.bin", toks)
-    cfg = DataConfig(corpus="tokens", path=str(named), vocab_size=1000, val_tokens=1000)
+    cfg = DataConfig(corpus="tokens", path=str(named), vocab_size=1000, val_tokens=1000,
+                     test_tokens=500)
     data = load_data(cfg, tmp_path / "cache")
     np.testing.assert_array_equal(data.train, np.concatenate(parts[:2]))
-    np.testing.assert_array_equal(data.val, parts[2])
+    np.testing.assert_array_equal(data.val, parts[2][:2500])  # the val shards' head...
+    np.testing.assert_array_equal(data.test, parts[2][2500:])  # ...and their tail for test
     assert data.vocab_size == 1000 and data.fingerprint["files"] == 3
     assert_batches_deterministic(data)
     assert len(val_batches(data, T, 1000, B)) == -(-((1000 - 1) // T) // B)
@@ -224,9 +254,13 @@ def test_tokens_corpus_splits(tmp_path: Path) -> None:
     tail.mkdir()
     write_shard(tail / "a.bin", parts[0])
     data = load_data(cfg.model_copy(update={"path": str(tail)}), tmp_path / "cache")
-    np.testing.assert_array_equal(data.train, parts[0][:4000])
-    np.testing.assert_array_equal(data.val, parts[0][4000:])
+    np.testing.assert_array_equal(data.train, parts[0][:3500])
+    np.testing.assert_array_equal(data.val, parts[0][3500:4500])
+    np.testing.assert_array_equal(data.test, parts[0][4500:])
     assert isinstance(data.train, np.memmap)  # one shard: used in place
+    other = load_data(cfg.model_copy(update={"path": str(tail), "test_tokens": 400}),
+                      tmp_path / "cache")
+    assert other.fingerprint["test_sha"] != data.fingerprint["test_sha"]
 
 
 def test_synthetic_entropy_matches_monte_carlo() -> None:
@@ -271,14 +305,18 @@ def test_synthetic_corpus_load(tmp_path: Path) -> None:
     assert data.entropy == synthetic_entropy(64, 1, 4, 0) == data.fingerprint["entropy"]
     assert 0 < data.entropy < np.log(4)
     assert len(data.train) == 2_000_000 and len(data.val) == cfg.val_tokens
+    assert len(data.test) == cfg.eval_test_tokens and not np.array_equal(data.test, data.val)
     assert data.vocab_size == 64 and int(np.max(data.train)) < 64
     other = load_data(cfg, tmp_path / "b")
     assert other.fingerprint["sha256"] == data.fingerprint["sha256"]
     hit = load_data(cfg, tmp_path / "a")
     assert hit.fingerprint == data.fingerprint and hit.entropy == data.entropy
     assert_batches_deterministic(hit)
-    val_nll = -make_language(64, 1, 4, 0).log_probs(np.asarray(data.val))
-    assert abs(val_nll.mean() - data.entropy) < 0.05
+    lang = make_language(64, 1, 4, 0)
+    for stream in (data.val, data.test):  # 4 stationary segments of SEGMENT_TOKENS each
+        segments = np.asarray(stream).reshape(-1, SEGMENT_TOKENS)
+        nll = -np.concatenate([lang.log_probs(seg) for seg in segments])
+        assert abs(nll.mean() - data.entropy) < 0.05
 
 
 def test_synthetic_size_limit_names_the_fields() -> None:

@@ -18,14 +18,13 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 from matplotlib.transforms import Bbox
 
+from analysis.plot_style import arm_colors, natural_order
 from analysis.plots import (
     FinalLosses,
     LossVsCompute,
     Multipliers,
     Traces,
-    arm_colors,
     figure_for,
-    natural_order,
     plot_final_losses,
     plot_imbalance,
     plot_loss_vs_compute,

@@ -9,7 +9,7 @@ import pytest
 
 from harness.config import TrialConfig
 from harness.tracking import MemoryTracker
-from harness.train import CKPT, RESULT, run_trial
+from harness.train import CKPT, FINAL, RESULT, run_trial
 
 TINY_MODEL = {
     "d_model": 32, "n_layers": 2, "first_k_dense": 1, "dense_ffn_dim": 64,
@@ -43,9 +43,14 @@ def test_resumed_curve_equals_uninterrupted(tmp_path: Path) -> None:
     resumed = MemoryTracker()  # a fresh process: replayed rows + the rest
     result = run_trial(trial, resumed, tmp_path / "b", cache_dir=tmp_path)
     assert result.status == "finished" and resumed.status == "finished"
-    for key in ("train/loss", "val/loss", "grad_norm", "attn/max_logit", "moe/imbalance"):
+    for key in ("train/loss", "val/loss", "test/loss", "grad_norm", "attn/max_logit",
+                "moe/imbalance"):
         assert resumed.history(key) == straight.history(key), key
     assert (tmp_path / "b" / RESULT).exists() and not (tmp_path / "b" / CKPT).exists()
+    assert (tmp_path / "b" / FINAL).exists()  # the final weights stay, for `harness rescore`
+    (test_point,) = straight.history("test/loss")  # the last step only; val at every eval
+    assert test_point == (trial.train.steps, result.final_test_loss)
+    assert len(straight.history("val/loss")) > 1 and "val_sha" in straight.params
 
 
 def test_finished_trial_is_replayed_not_rerun(tmp_path: Path) -> None:
@@ -65,6 +70,7 @@ def test_absurd_learning_rate_is_recorded_as_diverged(tmp_path: Path) -> None:
     result = run_trial(trial, tracker, tmp_path / "d", cache_dir=tmp_path)
     assert result.status == "diverged" and tracker.status == "diverged"
     assert result.steps < trial.train.steps
+    assert not tracker.history("test/loss") and not (tmp_path / "d" / FINAL).exists()
 
 
 def test_val_loss_falls_toward_and_stays_above_the_entropy_floor(tmp_path: Path) -> None:

@@ -73,7 +73,7 @@ def _data(vocab: int, seq_len: int, tokens: int) -> TokenData:
     rng = np.random.default_rng(0)
     train = rng.integers(0, vocab, size=tokens, dtype=np.int64).astype(np.uint16)
     val = rng.integers(0, vocab, size=4 * seq_len + 1, dtype=np.int64).astype(np.uint16)
-    return TokenData(train, val, vocab, {"corpus": "bench-random"})
+    return TokenData(train, val, vocab, {"corpus": "bench-random"}, test=val)
 
 
 def _trial(shape: TrainShape, optim: str, device: torch.device) -> TrialConfig:

@@ -116,6 +116,41 @@ class Resources(Frozen):
     gpu: float = Field(0.0, ge=0, description="GPUs per trial (fractions allowed)")
 
 
+class ClaimSpec(Frozen):
+    """The published claim a sweep tests, declared before its runs are read."""
+
+    text: str = Field(description="the claim as published, with its source (one line)")
+    kind: Literal["effect", "no_penalty"] = Field(
+        description="effect: the arm differs from the baseline in `direction`, agrees only when "
+        "the 95% interval excludes no change (1x / 0%) on that side; no_penalty: agrees only "
+        "when the whole 95% interval lies inside the equivalence `margin` (Schuirmann 1987)")
+    measure: Literal["multiplier", "loss"] = Field(
+        "multiplier", description="multiplier: compute multiplier C_base(L*) / C_arm(L*) (x) "
+        "read at `read_at`; loss: paired relative change of final loss, arm over baseline at "
+        "the largest common budget (fraction, -0.01 = 1% lower)")
+    direction: Literal["better", "worse"] = Field(
+        "better", description="effect claims: the arm is better (multiplier > 1x, loss change "
+        "< 0) or worse than the baseline")
+    margin: float = Field(0.1, gt=0, lt=1, description="no_penalty claims: equivalence margin "
+                          "(fraction): multiplier within 1 -/+ margin (x), loss change within "
+                          "-/+ margin")
+    published: float | None = Field(None, description="the published effect in the claim's "
+                                    "measure (x or fraction), for the seeds needed to detect it")
+    arms: list[str | int | float] = Field(
+        min_length=1, description="arm values the claim is about, each read against the baseline")
+    read_at: float | Literal["largest_budget"] = Field(
+        "largest_budget", description="where a multiplier claim is read: a target loss L*, or "
+        "largest_budget: the lowest loss both arms reached at their largest common budget")
+    differ: str = Field("", description="why a small-scale run might not show the published "
+                        "result (shown beside a verdict that does not agree)")
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.published is not None and self.measure == "multiplier" and self.published <= 0:
+            raise ValueError("published: a multiplier must be > 0")
+        return self
+
+
 class AnalysisSpec(Frozen):
     """How ``make plots`` reads this sweep: which column is the arm, against which baseline."""
 
@@ -131,6 +166,22 @@ class AnalysisSpec(Frozen):
     best_of: str | None = Field(
         None, description="axis tuned per (arm, size): keep the best final loss over it"
     )
+    edge: Literal["inconclusive", "allow"] = Field(
+        "inconclusive", description="best_of chosen at the smallest or largest value of its arm's "
+        "own grid in a cell: inconclusive makes the verdict of a claim that reads that cell "
+        "inconclusive (the optimum may lie outside the grid); allow only warns")
+    claim: ClaimSpec | None = Field(None, description="the published claim the sweep tests; "
+                                    "none: no verdict, the study is descriptive")
+
+    @model_validator(mode="after")
+    def _claim_fits_kind(self) -> Self:
+        if self.claim is None:
+            return self
+        if self.kind == "curves":
+            raise ValueError("claim: kind 'curves' tests no claim (use multiplier or sparsity)")
+        if self.kind == "logits" and self.claim.measure != "loss":
+            raise ValueError("claim.measure: a logits study reads the loss change (loss)")
+        return self
 
 
 _AXIS = re.compile(r"^(model|optim|data|train)(\.[a-z_][a-z0-9_]*)+$")

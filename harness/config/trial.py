@@ -271,8 +271,29 @@ class DataConfig(Frozen):
     vocab_size: int | None = Field(
         None, gt=0, description="corpus tokens: vocabulary of the shards (null = 65536)"
     )
-    val_fraction: float = Field(0.05, gt=0, lt=0.5, description="documents held out (by hash)")
-    val_tokens: int = Field(32768, gt=0, description="tokens in the fixed validation set")
+    val_fraction: float = Field(
+        0.05, gt=0, lt=0.5,
+        description="stdlib/text: fraction of documents (by group hash) in the validation split",
+    )
+    test_fraction: float = Field(
+        0.05, gt=0, lt=0.5,
+        description="stdlib/text: fraction of documents (by group hash) in the test split",
+    )
+    near_dup_jaccard: float = Field(
+        0.3, gt=0, le=1,
+        description="stdlib/text: documents whose word 5-gram sets have this Jaccard similarity "
+        "or more are one group, kept on one side of the split",
+    )
+    val_tokens: int = Field(
+        262_144, gt=0,
+        description="tokens in the validation set (selection: lr, early looks), in windows "
+        "spread evenly over the validation split; tokens/synthetic: tokens held out for it",
+    )
+    test_tokens: int | None = Field(
+        None, gt=0,
+        description="tokens in the test set (every reported number), like val_tokens "
+        "(null = val_tokens)",
+    )
     synthetic_vocab: int = Field(64, ge=2, le=65536, description="synthetic: vocabulary size")
     synthetic_order: int = Field(1, ge=1, le=4, description="synthetic: Markov order")
     synthetic_branching: int = Field(4, ge=1, description="synthetic: successors per context")
@@ -304,6 +325,11 @@ class DataConfig(Frozen):
                 f"<= {SYNTHETIC_MAX_TRANSITIONS} transitions"
             )
         return self
+
+    @property
+    def eval_test_tokens(self) -> int:
+        """Tokens in the test set: ``test_tokens``, else ``val_tokens``."""
+        return self.test_tokens or self.val_tokens
 
     @property
     def n_vocab(self) -> int:
@@ -392,11 +418,13 @@ class TrialConfig(Frozen):
                 f"model.vocab_size ({self.model.vocab_size}) must be >= the data vocabulary "
                 f"({self.data.n_vocab}, corpus {self.data.corpus}, tokenizer {self.data.tokenizer})"
             )
-        if self.data.val_tokens < self.train.seq_len + 1:
-            raise ValueError(
-                f"data.val_tokens ({self.data.val_tokens}) must be >= train.seq_len + 1 "
-                f"({self.train.seq_len + 1}): the validation set is windows of seq_len + 1 tokens"
-            )
+        for key, n in (("val_tokens", self.data.val_tokens),
+                       ("test_tokens", self.data.eval_test_tokens)):
+            if n < self.train.seq_len + 1:
+                raise ValueError(
+                    f"data.{key} ({n}) must be >= train.seq_len + 1 ({self.train.seq_len + 1}): "
+                    "the validation and test sets are windows of seq_len + 1 tokens"
+                )
         return self
 
     @property

@@ -9,16 +9,23 @@ Corpora (``DataConfig.corpus``):
 - ``synthetic``: a sparse random Markov chain with an exactly known entropy rate
   (:mod:`harness.data.synthetic`), for checking fitted irreducible losses.
 
-Document corpora are split by document hash (:func:`documents.split_documents`), tokenized
-with ``bytes`` or ``bpe`` (:mod:`harness.data.tokenize`) and cached as uint16 ``.npy`` streams
-keyed by the corpus fingerprint and tokenizer settings (:mod:`harness.data.cache`), so a second
-trial only memory-maps them.
+Document corpora are split into train / validation / test by near-duplicate group
+(:mod:`harness.data.splits`: MinHash over word 5-grams, whole groups assigned by hash), tokenized
+with ``bytes`` or ``bpe`` (:mod:`harness.data.tokenize`, BPE trained on the training split only)
+and cached as uint16 ``.npy`` streams keyed by the corpus fingerprint, split settings and
+tokenizer settings (:mod:`harness.data.cache`), so a second trial only memory-maps them. Token
+shards hold out a tail for validation and test (:mod:`harness.data.shards`); the synthetic corpus
+samples a fresh stream for each. The fingerprint names both held-out streams (``val_sha``,
+``test_sha``: sha256 of their tokens), so changing the split changes the data id ``data_sha``.
 
 Batches are pure functions of their arguments: training windows of T + 1 tokens start at offsets
 drawn by ``np.random.Generator(PCG64([seed, step, micro]))``, so the same seed gives the same
-batches on any machine, and resuming needs nothing but the step counter. Validation is fixed: the
-first ``n_tokens`` tokens of the validation stream cut into windows of T + 1 tokens that overlap by
-one (stride T), so each of those tokens after the first is a target exactly once.
+batches on any machine, and resuming needs nothing but the step counter. Evaluation sets are fixed:
+W = (min(n_tokens, N) - 1) // T windows of T + 1 tokens of a held-out stream of N tokens, spread
+evenly over the whole stream (window i starts at ``i * (N - 1 - T) // (W - 1)``), so they sample
+every part of the split, not its first documents; they never overlap, and when ``n_tokens`` >= N
+they tile the stream with stride T (each token after the first a target exactly once).
+Validation (``val_tokens``) is for selection, test (``test_tokens``) for the numbers reported.
 
 Shapes: B batch (sequences), T sequence length (tokens), W validation windows.
 """
@@ -28,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +47,12 @@ from harness.data.cache import cache_key, cache_root, load_streams, save_streams
 from harness.data.documents import (
     Document,
     fingerprint,
-    split_documents,
     stdlib_documents,
     stdlib_files,
     text_documents,
 )
 from harness.data.shards import load_shards, read_shard, write_shard
+from harness.data.splits import TEST, TRAIN, VAL, split_documents
 from harness.data.synthetic import (
     DIRICHLET_ALPHA,
     SEGMENT_TOKENS,
@@ -65,10 +72,23 @@ class TokenData:
     """Token streams of one corpus, ready for batching."""
 
     train: np.ndarray  # (N_train,) integer tokens (uint16; often a read-only memmap)
-    val: np.ndarray  # (N_val,) integer tokens
+    val: np.ndarray  # (N_val,) integer tokens: selection (learning rates, early looks)
     vocab_size: int  # ids are in [0, vocab_size): the model's vocabulary (DataConfig.n_vocab)
-    fingerprint: dict[str, Any]  # JSON-able: corpus, files, bytes, sha256, tokenizer, ...
+    fingerprint: dict[str, Any]  # JSON-able: corpus, files, bytes, sha256, splits, tokenizer...
     entropy: float | None = None  # nats per token; synthetic corpus only
+    test: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint16))  # (N_test,): the
+    # numbers reported
+
+
+def stream_sha(tokens: np.ndarray) -> str:
+    """16-hex sha256 of a token stream's uint16 bytes: the identity of a held-out split."""
+    blob = np.ascontiguousarray(tokens, dtype=np.uint16).tobytes()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def split_ids(fp: dict[str, Any]) -> dict[str, str]:
+    """The held-out splits' ids of a fingerprint, as the trial logs them as params."""
+    return {k: str(fp[k]) for k in ("val_sha", "test_sha") if k in fp}
 
 
 def load_data(cfg: DataConfig, cache_dir: str | Path | None = None) -> TokenData:
@@ -80,26 +100,33 @@ def load_data(cfg: DataConfig, cache_dir: str | Path | None = None) -> TokenData
     root = cache_root(cache_dir)
     if cfg.corpus == "tokens":
         assert cfg.path is not None  # DataConfig guarantees it
-        train, val, fp = load_shards(cfg.path, cfg.val_tokens, root)
-        fp |= {"train_tokens": len(train), "val_tokens": len(val)}
-        data = TokenData(train, val, cfg.n_vocab, fp)
+        train, val, test, fp = load_shards(cfg.path, cfg.val_tokens, cfg.eval_test_tokens, root)
+        fp |= {"train_tokens": len(train), "val_tokens": len(val), "test_tokens": len(test),
+               "val_sha": stream_sha(val), "test_sha": stream_sha(test)}
+        data = TokenData(train, val, cfg.n_vocab, fp, test=test)
     elif cfg.corpus == "synthetic":
         data = _load_synthetic(cfg, root)
     else:
         data = _load_documents(cfg, root)
     log.info(
-        "data %s: %d train / %d val tokens, vocab %d, in %.2fs",
+        "data %s: %d train / %d val / %d test tokens, vocab %d, in %.2fs",
         cfg.corpus,
         len(data.train),
         len(data.val),
+        len(data.test),
         data.vocab_size,
         time.perf_counter() - t0,
     )
     return data
 
 
+def _split_settings(cfg: DataConfig) -> dict[str, Any]:
+    return {"val_fraction": cfg.val_fraction, "test_fraction": cfg.test_fraction,
+            "near_dup_jaccard": cfg.near_dup_jaccard}
+
+
 def _load_documents(cfg: DataConfig, root: Path) -> TokenData:
-    """stdlib / text corpora: read, fingerprint, split by document, tokenize (or hit the cache)."""
+    """stdlib / text corpora: read, fingerprint, split by group, tokenize (or hit the cache)."""
     if cfg.corpus == "stdlib":
         base, docs = stdlib_documents()
     else:
@@ -109,52 +136,59 @@ def _load_documents(cfg: DataConfig, root: Path) -> TokenData:
     settings: dict[str, Any] = {
         "corpus_sha256": corpus_fp["sha256"],
         "tokenizer": cfg.tokenizer,
-        "val_fraction": cfg.val_fraction,
+        **_split_settings(cfg),
     }
     if cfg.tokenizer == "bpe":
         settings["bpe_vocab_size"] = cfg.bpe_vocab_size
     key = cache_key(**settings)
     hit = load_streams(root, key)
     if hit is not None:
-        train, val, meta = hit
+        streams, meta = hit
         log.info("tokens from cache %s", key)
-        return TokenData(train, val, cfg.n_vocab, corpus_fp | meta)
+        return _documents_data(cfg, streams, corpus_fp | meta)
 
-    is_val = split_documents([d.name for d in docs], cfg.val_fraction)  # (N_docs,)
-    train_docs = [d for d, v in zip(docs, is_val, strict=True) if not v]
-    val_docs = [d for d, v in zip(docs, is_val, strict=True) if v]
+    split = split_documents(docs, cfg.val_fraction, cfg.test_fraction, cfg.near_dup_jaccard)
+    parts = {name: [d for d, s in zip(docs, split.side, strict=True) if s == code]
+             for name, code in (("train", TRAIN), ("val", VAL), ("test", TEST))}
     meta: dict[str, Any] = {
         "tokenizer": cfg.tokenizer,
-        "val_fraction": cfg.val_fraction,
-        "train_files": len(train_docs),
-        "val_files": len(val_docs),
+        **_split_settings(cfg),
+        "groups": split.n_groups,
+        "near_dup_groups": split.near_dup_groups,
+        **{f"{name}_files": len(part) for name, part in parts.items()},
         "cache_key": key,
     }
-    train, val = _tokenize(cfg, train_docs, val_docs, corpus_fp["sha256"], root, meta)
-    meta |= {"train_tokens": len(train), "val_tokens": len(val)}
-    save_streams(root, key, train, val, meta)
-    return TokenData(train, val, cfg.n_vocab, corpus_fp | meta)
+    streams = _tokenize(cfg, parts, corpus_fp["sha256"], root, meta)
+    meta |= {f"{name}_tokens": len(s) for name, s in streams.items()}
+    meta |= {"val_sha": stream_sha(streams["val"]), "test_sha": stream_sha(streams["test"])}
+    save_streams(root, key, streams, meta)
+    return _documents_data(cfg, streams, corpus_fp | meta)
+
+
+def _documents_data(cfg: DataConfig, streams: dict[str, np.ndarray],
+                    fp: dict[str, Any]) -> TokenData:
+    return TokenData(streams["train"], streams["val"], cfg.n_vocab, fp, test=streams["test"])
 
 
 def _tokenize(
     cfg: DataConfig,
-    train_docs: list[Document],
-    val_docs: list[Document],
+    parts: dict[str, list[Document]],
     corpus_sha: str,
     root: Path,
     meta: dict[str, Any],
-) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) uint16 streams; records tokenizer facts in ``meta``."""
+) -> dict[str, np.ndarray]:
+    """{stream: uint16 tokens} of the split's documents; records tokenizer facts in ``meta``."""
     if cfg.tokenizer == "bytes":
-        return encode_bytes(train_docs), encode_bytes(val_docs)
-    corpus_key = f"{corpus_sha}:val_fraction={cfg.val_fraction}"
-    tok = cached_bpe(train_docs, cfg.bpe_vocab_size, corpus_key, root)
+        return {name: encode_bytes(docs) for name, docs in parts.items()}
+    split_key = ",".join(f"{k}={v}" for k, v in _split_settings(cfg).items())
+    tok = cached_bpe(parts["train"], cfg.bpe_vocab_size, f"{corpus_sha}:{split_key}", root)
     meta |= {"bpe_vocab_size": cfg.bpe_vocab_size, "bpe_ids": tok.get_vocab_size()}
-    return encode_bpe(tok, train_docs), encode_bpe(tok, val_docs)
+    return {name: encode_bpe(tok, docs) for name, docs in parts.items()}
 
 
 def _load_synthetic(cfg: DataConfig, root: Path) -> TokenData:
-    """Synthetic corpus: ``synthetic_tokens`` train and ``val_tokens`` val tokens, entropy known."""
+    """Synthetic corpus: ``synthetic_tokens`` train tokens, fresh ``val_tokens`` validation and
+    ``test_tokens`` test tokens (independent streams), entropy known."""
     settings: dict[str, Any] = {
         "corpus": "synthetic",
         "vocab": cfg.synthetic_vocab,
@@ -163,6 +197,7 @@ def _load_synthetic(cfg: DataConfig, root: Path) -> TokenData:
         "seed": cfg.synthetic_seed,
         "tokens": cfg.synthetic_tokens,
         "val_tokens": cfg.val_tokens,
+        "test_tokens": cfg.eval_test_tokens,
         "zipf_exponent": ZIPF_EXPONENT,
         "dirichlet_alpha": DIRICHLET_ALPHA,
         "segment_tokens": SEGMENT_TOKENS,
@@ -170,9 +205,10 @@ def _load_synthetic(cfg: DataConfig, root: Path) -> TokenData:
     key = cache_key(**settings)
     hit = load_streams(root, key)
     if hit is not None:
-        train, val, meta = hit
+        streams, meta = hit
         log.info("synthetic tokens from cache %s", key)
-        return TokenData(train, val, cfg.n_vocab, meta, meta["entropy"])
+        return TokenData(streams["train"], streams["val"], cfg.n_vocab, meta, meta["entropy"],
+                         test=streams["test"])
 
     lang = make_language(
         cfg.synthetic_vocab, cfg.synthetic_order, cfg.synthetic_branching, cfg.synthetic_seed
@@ -181,10 +217,12 @@ def _load_synthetic(cfg: DataConfig, root: Path) -> TokenData:
         "synthetic language: %d contexts, entropy %.4f nats/token", lang.n_contexts, lang.entropy
     )
     seed = cfg.synthetic_seed
-    train = sample_tokens(
-        lang, cfg.synthetic_tokens, np.random.Generator(np.random.PCG64([seed, 1]))
-    )
-    val = sample_tokens(lang, cfg.val_tokens, np.random.Generator(np.random.PCG64([seed, 2])))
+    sizes = {"train": cfg.synthetic_tokens, "val": cfg.val_tokens, "test": cfg.eval_test_tokens}
+    streams = {
+        name: sample_tokens(lang, n, np.random.Generator(np.random.PCG64([seed, stream])))
+        for stream, (name, n) in enumerate(sizes.items(), start=1)
+    }
+    train, val = streams["train"], streams["val"]
     meta = settings | {
         "contexts": lang.n_contexts,
         "support_contexts": int(np.count_nonzero(lang.stationary)),
@@ -192,10 +230,13 @@ def _load_synthetic(cfg: DataConfig, root: Path) -> TokenData:
         "sha256": hashlib.sha256(train.tobytes() + val.tobytes()).hexdigest(),
         "train_tokens": len(train),
         "val_tokens": len(val),
+        "test_tokens": len(streams["test"]),
+        "val_sha": stream_sha(val),
+        "test_sha": stream_sha(streams["test"]),
         "cache_key": key,
     }
-    save_streams(root, key, train, val, meta)
-    return TokenData(train, val, cfg.n_vocab, meta, lang.entropy)
+    save_streams(root, key, streams, meta)
+    return TokenData(train, val, cfg.n_vocab, meta, lang.entropy, test=streams["test"])
 
 
 def train_batch(
@@ -217,39 +258,57 @@ def train_batch(
     return win[:, :-1].contiguous(), win[:, 1:].contiguous()
 
 
+def eval_windows(n: int, seq_len: int, n_tokens: int) -> np.ndarray:
+    """Start offsets (W,) of the evaluation windows of T + 1 tokens in a stream of ``n`` tokens:
+    W = (min(n_tokens, n) - 1) // T, spread evenly from 0 to n - 1 - T (never overlapping)."""
+    m = min(n_tokens, n)
+    n_win = (m - 1) // seq_len
+    if n_win < 1:
+        raise ValueError(f"held-out stream ({m} tokens) is shorter than seq_len + 1 "
+                         f"({seq_len + 1})")
+    if n_win == 1:
+        return np.zeros(1, dtype=np.int64)
+    return np.arange(n_win, dtype=np.int64) * (n - 1 - seq_len) // (n_win - 1)
+
+
+def eval_batches(
+    stream: np.ndarray, seq_len: int, n_tokens: int, batch_size: int, what: str = "held-out"
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A fixed evaluation set of ``stream``: the windows of :func:`eval_windows`, as batches of
+    (inputs, targets), each (<=B, T) int64."""
+    n = len(stream)
+    if n < n_tokens:
+        log.warning("%s stream has %d tokens, fewer than the %d asked", what, n, n_tokens)
+    starts = eval_windows(n, seq_len, n_tokens)  # (W,)
+    idx = starts[:, None] + np.arange(seq_len + 1)  # (W, T+1)
+    win = torch.from_numpy(np.asarray(stream[idx], dtype=np.int64))  # (W, T+1)
+    return [
+        (win[i : i + batch_size, :-1].contiguous(), win[i : i + batch_size, 1:].contiguous())
+        for i in range(0, len(starts), batch_size)
+    ]
+
+
 def val_batches(
     data: TokenData, seq_len: int, n_tokens: int, batch_size: int
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed validation set: the first ``n_tokens`` tokens in windows of T + 1 (stride T).
-
-    Returns batches of (inputs, targets), each (<=B, T) int64; W = (n - 1) // T windows in all,
-    n = min(n_tokens, len(data.val)).
-    """
-    n = min(n_tokens, len(data.val))
-    if n < n_tokens:
-        log.warning("validation stream has %d tokens, fewer than the %d asked", n, n_tokens)
-    n_win = (n - 1) // seq_len
-    if n_win < 1:
-        raise ValueError(
-            f"validation stream ({n} tokens) is shorter than seq_len + 1 ({seq_len + 1})"
-        )
-    idx = np.arange(n_win)[:, None] * seq_len + np.arange(seq_len + 1)  # (W, T+1)
-    win = torch.from_numpy(np.asarray(data.val[idx], dtype=np.int64))  # (W, T+1)
-    return [
-        (win[i : i + batch_size, :-1].contiguous(), win[i : i + batch_size, 1:].contiguous())
-        for i in range(0, n_win, batch_size)
-    ]
+    """The fixed validation set (:func:`eval_batches` of ``data.val``; ``data.test`` the same
+    way gives the test set)."""
+    return eval_batches(data.val, seq_len, n_tokens, batch_size, "validation")
 
 
 __all__ = [
     "Document",
     "MarkovLanguage",
     "TokenData",
+    "eval_batches",
+    "eval_windows",
     "load_data",
     "make_language",
     "read_shard",
     "sample_tokens",
+    "split_ids",
     "stdlib_files",
+    "stream_sha",
     "synthetic_entropy",
     "train_batch",
     "val_batches",

@@ -2,7 +2,7 @@
 
 Layout under the cache root (argument, else ``$HARNESS_CACHE``, else ``~/.cache/k2-harness``)::
 
-    tokens/{key}.train.npy  tokens/{key}.val.npy  tokens/{key}.json   # uint16 streams + metadata
+    tokens/{key}.{train,val,test}.npy  tokens/{key}.json   # uint16 streams + metadata
     bpe/{key}.json                                                    # trained tokenizers
 
 Every write goes to a unique temporary file in the same folder and is then ``os.replace``-d into
@@ -23,8 +23,12 @@ from typing import IO, Any
 
 import numpy as np
 
-CACHE_VERSION = 1
-"""Bump when the tokenization or split rules change, so old entries are never reused."""
+CACHE_VERSION = 2
+"""Bump when the tokenization or split rules change, so old entries are never reused
+(2: validation *and* test splits, near-duplicate groups)."""
+
+STREAMS = ("train", "val", "test")
+"""The token streams of a cached corpus."""
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
@@ -62,23 +66,23 @@ def atomic_save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write(path, lambda f: np.save(f, array, allow_pickle=False))
 
 
-def load_streams(root: Path, key: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | None:
-    """Cached (train, val, meta) for ``key`` as read-only memmaps, or None on a miss."""
+def load_streams(root: Path, key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+    """Cached ({stream: tokens} for :data:`STREAMS`, meta) for ``key`` as read-only memmaps, or
+    None on a miss."""
     folder = root / "tokens"
     meta_path = folder / f"{key}.json"
     if not meta_path.exists():
         return None
     meta = json.loads(meta_path.read_text())
-    train = np.load(folder / f"{key}.train.npy", mmap_mode="r")
-    val = np.load(folder / f"{key}.val.npy", mmap_mode="r")
-    return train, val, meta
+    streams = {s: np.load(folder / f"{key}.{s}.npy", mmap_mode="r") for s in STREAMS}
+    return streams, meta
 
 
 def save_streams(
-    root: Path, key: str, train: np.ndarray, val: np.ndarray, meta: dict[str, Any]
+    root: Path, key: str, streams: dict[str, np.ndarray], meta: dict[str, Any]
 ) -> None:
-    """Store uint16 train/val streams and their metadata under ``key`` (metadata last)."""
+    """Store the uint16 :data:`STREAMS` and their metadata under ``key`` (metadata last)."""
     folder = root / "tokens"
-    atomic_save_npy(folder / f"{key}.train.npy", np.ascontiguousarray(train, dtype=np.uint16))
-    atomic_save_npy(folder / f"{key}.val.npy", np.ascontiguousarray(val, dtype=np.uint16))
+    for s in STREAMS:
+        atomic_save_npy(folder / f"{key}.{s}.npy", np.ascontiguousarray(streams[s], np.uint16))
     atomic_write_text(folder / f"{key}.json", json.dumps(meta, indent=1, sort_keys=True))

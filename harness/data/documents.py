@@ -8,11 +8,8 @@ Its fingerprint names what was read, so a logged run says exactly which text it 
 (the listing of relative paths and sizes, plus each file's content hash, so an edit that keeps a
 file's size still changes the fingerprint; hashing 12 MB costs ~10 ms).
 
-Train/validation split, by document: a document is validation when the first 8 bytes of
-``sha256(relative path)``, read as a fraction of 2**64, are below ``val_fraction``. The rule looks
-only at the path, so it is the same on every machine, for every seed and tokenizer, and a document
-keeps its side when others are added or edited. If no document falls below ``val_fraction`` (tiny
-folders), the one with the smallest fraction is validation, so the split stays by document.
+The train / validation / test split, by near-duplicate group with each group's side from
+:func:`hash_fraction` of its first document's path, is :mod:`harness.data.splits`.
 """
 
 from __future__ import annotations
@@ -24,8 +21,6 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 STDLIB_SKIP_DIRS = frozenset({"test", "tests", "idle_test", "site-packages", "__pycache__"})
 """Folder names never entered when collecting the standard library (tests and installed code)."""
@@ -101,16 +96,3 @@ def fingerprint(corpus: str, root: Path, docs: list[Document]) -> dict[str, Any]
 def hash_fraction(name: str) -> float:
     """``sha256(name)``'s first 8 bytes as a fraction in [0, 1)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2.0**64
-
-
-def split_documents(names: list[str], val_fraction: float) -> np.ndarray:
-    """Boolean mask (N,) of validation documents; see the module docstring for the rule."""
-    if len(names) < 2:
-        raise ValueError(f"a document corpus needs >= 2 files for a train/val split, got {names}")
-    frac = np.array([hash_fraction(n) for n in names])  # (N,)
-    is_val = frac < val_fraction
-    if not is_val.any():
-        is_val[np.argmin(frac)] = True
-    if is_val.all():
-        is_val[np.argmax(frac)] = False
-    return is_val

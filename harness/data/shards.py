@@ -5,8 +5,10 @@ A shard is a 256 x int32 header (``header[0]`` magic 20240520, ``header[1]`` ver
 modded-nanogpt's ``data/fineweb.py``.
 
 Split of a shard folder (``*.bin`` files, sorted by name): shards whose file name contains ``val``
-are validation (concatenated in name order) and the rest are training. With no such file, the last
-``val_tokens`` tokens of the last training shard are validation and the rest of that shard trains.
+are held out (concatenated in name order): their last ``test_tokens`` tokens are the test stream,
+the rest validation; the other shards are training. With no such file, the tail of the last
+training shard is held out: ``val_tokens`` tokens of validation, then the last ``test_tokens``
+tokens as test, and the rest of that shard trains.
 Several training shards are concatenated once into one cached ``.npy`` (keyed by the folder's
 fingerprint) so a trial memory-maps a single stream; a single shard is used in place, uncopied.
 """
@@ -94,9 +96,9 @@ def _concat(parts: list[np.ndarray], path: Path) -> np.ndarray:
 
 
 def load_shards(
-    path: str | Path, val_tokens: int, cache: Path
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(train, val, fingerprint) of a shard folder, split as the module docstring says."""
+    path: str | Path, val_tokens: int, test_tokens: int, cache: Path
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """(train, val, test, fingerprint) of a shard folder, split as the module docstring says."""
     root = Path(path).expanduser()
     files = sorted(root.glob("*.bin"))
     if not files:
@@ -108,19 +110,26 @@ def load_shards(
     fp = shard_fingerprint(root, files)
     train_parts = [read_shard(p) for p in train_files]
     if val_files:
-        fp["val_rule"] = "files named *val*"
-        val_parts = [read_shard(p) for p in val_files]
+        held_key = cache_key(shards=fp["sha256"], root=fp["root"], part="val")
+        held = _concat([read_shard(p) for p in val_files],
+                       cache / "tokens" / f"{held_key}.shards.val.npy")
+        if len(held) <= test_tokens:
+            raise ValueError(f"data.test_tokens ({test_tokens}) must be < the {len(held)} "
+                             "tokens of the *val* shards (the test set is their tail)")
+        fp["val_rule"] = f"files named *val*; test: their last {test_tokens} tokens"
+        val, test = held[: len(held) - test_tokens], held[len(held) - test_tokens :]
     else:
-        last = train_parts[-1]
-        if len(last) <= 2 * val_tokens:
+        last, n_held = train_parts[-1], val_tokens + test_tokens
+        if len(last) <= 2 * n_held:
             raise ValueError(
-                f"data.val_tokens ({val_tokens}) must be < half the last shard ({len(last)} "
-                f"tokens) when no shard name contains 'val'"
+                f"data.val_tokens + test_tokens ({n_held}) must be < half the last shard "
+                f"({len(last)} tokens) when no shard name contains 'val'"
             )
-        fp["val_rule"] = f"tail of {train_files[-1].name}"
-        train_parts[-1] = last[: len(last) - val_tokens]
-        val_parts = [last[len(last) - val_tokens :]]
-    key = cache_key(shards=fp["sha256"], root=fp["root"], val_tokens=val_tokens)
+        fp["val_rule"] = f"tail of {train_files[-1].name}: val, then test"
+        cut = len(last) - n_held
+        train_parts[-1] = last[:cut]
+        val, test = last[cut : cut + val_tokens], last[cut + val_tokens :]
+    key = cache_key(shards=fp["sha256"], root=fp["root"], val_tokens=val_tokens,
+                    test_tokens=test_tokens)
     train = _concat(train_parts, cache / "tokens" / f"{key}.shards.train.npy")
-    val = _concat(val_parts, cache / "tokens" / f"{key}.shards.val.npy")
-    return train, val, fp
+    return train, val, test, fp

@@ -22,10 +22,10 @@ change below 1e-14. Every sampled stream starts inside that class, from pi, and 
 Sampling is vectorised over M independent stationary segments of ``segment`` tokens each (one
 Python step per position of a segment, numpy over segments); the stream is their concatenation.
 At the M - 1 joins the first k tokens of a segment follow pi rather than the previous context
-(a fraction ~ M k / n of positions; 2M tokens: 31 joins). A stream of at most ``segment`` tokens,
-like the validation stream, is one exact chain. A model that sees windows of T + 1 tokens has only
-j < k tokens of context at a window's first k - 1 targets, so its loss floor is H plus an excess
-~ (k - 1) / T for order k > 1 (none for k = 1).
+(a fraction ~ M k / n of positions; 2M tokens: 31 joins). A stream of at most ``segment`` tokens
+(a validation or test stream that short) is one exact chain. A model that sees windows of
+T + 1 tokens has only j < k tokens of context at a window's first k - 1 targets, so its loss
+floor is H plus an excess ~ (k - 1) / T for order k > 1 (none for k = 1).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from sweeptools import Tmpfs, harness, trial_dict, write_sweep
 from harness.config import ConfigError, TrialConfig
 from harness.data import load_data
 from harness.memory import checkpoint_bytes
-from harness.preflight import check_storage
+from harness.preflight import check_storage, final_weights_bytes
 from harness.tracking import MemoryTracker
 from harness.train import CKPT, RESULT, run_trial
 
@@ -208,8 +208,8 @@ def test_read_only_storage_is_refused_in_one_line(project: Path, read_only_dir: 
 
 def test_full_storage_is_refused_with_the_figures(project: Path) -> None:
     trials = [tiny(), tiny(seed=1)]
-    # each trial's ckpt.pt and ckpt.prev.pt, plus the one being written
-    need = (2 * 2 + 1) * checkpoint_bytes(trials[0]) / 2**20
+    # each trial's ckpt.pt and ckpt.prev.pt, plus the one being written, and each final.pt
+    need = ((2 * 2 + 1) * checkpoint_bytes(trials[0]) + 2 * final_weights_bytes(trials[0])) / 2**20
     mount = Tmpfs.mount(project / "full", "128k")
     try:
         with pytest.raises(ConfigError) as e:

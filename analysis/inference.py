@@ -1,0 +1,73 @@
+"""Intervals, power and sample sizes for paired comparisons of arms (``analysis.studies``).
+
+- Seed noise (:func:`noise_of`): the standard deviation of one paired difference, pooled over
+  conditions from the spread between seeds of the same condition; with one seed per condition
+  the spread across conditions stands in for it (the effect is then assumed equal at every
+  budget, so this noise also holds any real change with budget).
+- :func:`t_interval`: Student's t interval, mean +/- t_{0.975, df} SE (Student 1908).
+- Minimum detectable effect at 80% power, two-sided alpha 0.05:
+  MDE = (z_{0.975} + z_{0.80}) SE (Cohen 1988, ch. 2; Chow, Shao & Wang 2008, sec. 3.1).
+- Seeds needed (:func:`seeds_needed`): n with (z_{0.975} + z_{0.80}) sd / sqrt(n) <= |effect|
+  for an effect; for equivalence within +/- margin at a true difference of 0,
+  n with (z_{0.975} + z_{0.90}) sd / sqrt(n) <= margin (two one-sided tests, Schuirmann 1987;
+  Chow, Shao & Wang 2008, sec. 3.2).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy import stats
+
+Z_975 = float(stats.norm.ppf(0.975))
+Z_80 = float(stats.norm.ppf(0.80))
+Z_90 = float(stats.norm.ppf(0.90))
+POWER_FACTOR = Z_975 + Z_80
+"""(z_{0.975} + z_{0.80}) = 2.80: MDE / SE at 80% power, two-sided alpha 0.05."""
+EQUIVALENCE_FACTOR = Z_975 + Z_90
+"""(z_{0.975} + z_{0.90}) = 3.24: margin / SE for 80% power of an equivalence test at 0."""
+
+
+@dataclass(frozen=True)
+class Noise:
+    """sd of one paired difference, its degrees of freedom, and where it came from."""
+
+    sd: float
+    df: int
+    source: Literal["seeds", "conditions", "none"]
+
+
+def noise_of(conditions: list[str], values: list[float]) -> Noise:
+    """Pooled within-condition sd when some condition has >= 2 seeds, else the sd across
+    conditions (module docstring); df 0 and NaN when neither exists."""
+    x = np.asarray(values, dtype=np.float64)
+    cond = np.asarray(conditions, dtype=object)
+    names, codes = np.unique(cond, return_inverse=True)
+    counts = np.bincount(codes, minlength=len(names))
+    if counts.max(initial=0) >= 2:
+        means = np.bincount(codes, weights=x) / counts
+        df = int((counts - 1).sum())
+        return Noise(float(np.sqrt(np.sum((x - means[codes]) ** 2) / df)), df, "seeds")
+    if len(x) >= 2:
+        return Noise(float(np.std(x, ddof=1)), len(x) - 1, "conditions")
+    return Noise(float("nan"), 0, "none")
+
+
+def t_interval(mean: float, se: float, df: int) -> tuple[float, float]:
+    """Two-sided 95% Student t interval (NaN when df < 1 or se is not finite)."""
+    if df < 1 or not math.isfinite(se):
+        return float("nan"), float("nan")
+    half = float(stats.t.ppf(0.975, df)) * se
+    return mean - half, mean + half
+
+
+def seeds_needed(sd: float, effect: float, *, equivalence: bool = False,
+                 cap: int = 10_000) -> int | None:
+    """Paired seeds per condition for 80% power (module docstring); None when unknown."""
+    if not (math.isfinite(sd) and math.isfinite(effect)) or effect == 0:
+        return None
+    factor = EQUIVALENCE_FACTOR if equivalence else POWER_FACTOR
+    return min(cap, max(1, math.ceil((factor * sd / abs(effect)) ** 2)))
