@@ -28,8 +28,9 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 
 from harness.config.errors import ConfigError
+from harness.config.frozen import Frozen
 from harness.config.names import NAME_RULE, is_valid_name
-from harness.config.trial import Frozen, TrialConfig
+from harness.config.trial import TrialConfig
 
 MAX_TRIALS = 10_000
 """Most trials one sweep may expand to (a typo in a grid should not hang the expansion)."""
