@@ -15,7 +15,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from harness.checkpoint import DamagedFileError, read_json, set_aside, write_json_atomic
+from harness.checkpoint import (
+    DamagedFileError,
+    read_json,
+    remove_temps,
+    set_aside,
+    write_json_atomic,
+)
+from harness.config import HarnessError
+from harness.data import TokenData
+from harness.store import data_sha
 from harness.tracking import TrialStatus
 
 CKPT, PREV, RESULT = "ckpt.pt", "ckpt.prev.pt", "result.json"
@@ -103,3 +112,29 @@ def read_record(ckpt_dir: Path) -> TrialRecord | None:
         set_aside(path, e.reason, f"the trial resumes from {left[0]}" if left else
                   "the trial is trained again")
         return None
+
+
+class DataChangedError(HarnessError):
+    """A record or checkpoint was trained on other data than the trial now reads."""
+
+
+def same_data(logged: str | None, data: TokenData, path: Path | None) -> None:
+    """Refuse to replay or resume from ``path`` when it was trained on other data than the
+    trial's data gives now (files rewritten under the same names, another Python's standard
+    library): its curve would be reported for data it never saw. Records without a data id
+    (older harness) pass."""
+    now = data_sha(data.fingerprint)
+    if logged is not None and logged != now:
+        raise DataChangedError(
+            f"{path or 'checkpoint'} was trained on data {logged}, but the trial's data now "
+            f"gives {now}: move {path.parent if path else 'it'} aside to train on the new data, "
+            "or restore the old data")
+
+
+def clean_up(ckpt_dir: Path) -> None:
+    """After ``result.json`` is written: the checkpoints (``final.pt`` stays) and any killed
+    writer's temporaries."""
+    for name in (CKPT, PREV):
+        (ckpt_dir / name).unlink(missing_ok=True)
+    for name in (CKPT, RESULT, FINAL):
+        remove_temps(ckpt_dir / name)

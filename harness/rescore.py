@@ -17,7 +17,8 @@ sweep name to score again). A trial whose folder ``<storage>/checkpoints/<trial 
 rescorable; nothing raises for one trial.
 
 On the trial's own device and split the rescored numbers equal its final ``val/loss`` and
-``test/loss``: both come from :func:`harness.train.mean_loss` on :func:`harness.train.eval_sets`.
+``test/loss``: both come from :func:`harness.evaluate.mean_loss` on
+:func:`harness.evaluate.eval_sets`.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ from harness.checkpoint import DamagedFileError, UnsafeCheckpointError, read_che
 from harness.config import NotFoundError, TrialConfig
 from harness.data import TokenData, load_data, split_ids
 from harness.env import pick_device
+from harness.evaluate import eval_sets, mean_loss
 from harness.model.transformer import Transformer
 from harness.preflight import default_storage
 from harness.record import FINAL
 from harness.store import Store, data_sha, run_status, store_exists
 from harness.tracking import TrialStatus
-from harness.train import eval_sets, mean_loss
 
 log = logging.getLogger(__name__)
 

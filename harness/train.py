@@ -37,9 +37,10 @@ from harness.checkpoint import (
     remove_temps,
     save_atomic,
 )
-from harness.config import HarnessError, TrialConfig
-from harness.data import TokenData, eval_batches, load_data, split_ids, train_batch, val_batches
+from harness.config import TrialConfig
+from harness.data import TokenData, load_data, split_ids, train_batch
 from harness.env import device_peak_flops, environment_tags, pick_device
+from harness.evaluate import Batches, eval_sets, mean_loss
 from harness.model.transformer import Telemetry, Transformer
 from harness.optim import build_optimizer, qk_clip_
 from harness.record import (
@@ -49,7 +50,9 @@ from harness.record import (
     RESULT,
     TrialRecord,
     TrialResult,
+    clean_up,
     read_record,
+    same_data,
     write_record,
 )
 from harness.schedule import lr_multiplier
@@ -57,15 +60,6 @@ from harness.store import data_sha, trial_params
 from harness.tracking import Tracker, TrialStatus
 
 log = logging.getLogger(__name__)
-
-
-Batches = list[tuple[torch.Tensor, torch.Tensor]]
-"""An evaluation set: batches of (inputs, targets), each (B, T) int64."""
-
-
-class DataChangedError(HarnessError):
-    """A record or checkpoint was trained on other data than the trial now reads."""
-
 
 
 @dataclass
@@ -270,43 +264,6 @@ class Trainer:
         return "\n".join(lines) + "\n"
 
 
-def eval_sets(trial: TrialConfig, data: TokenData) -> tuple[Batches, Batches]:
-    """The trial's (validation, test) sets, in batches of its micro-batch size."""
-    tc = trial.train
-    micro_bs = (tc.micro_batch_tokens or tc.batch_tokens) // tc.seq_len
-    return (val_batches(data, tc.seq_len, trial.data.val_tokens, micro_bs),
-            eval_batches(data.test, tc.seq_len, trial.data.eval_test_tokens, micro_bs, "test"))
-
-
-@torch.no_grad()
-def mean_loss(model: torch.nn.Module, forward: Callable[..., Any], batches: Batches,
-              device: torch.device) -> float:
-    """Mean cross-entropy (nats per token) of ``forward`` over ``batches`` of (inputs, targets)
-    (B, T), ``model`` in eval mode, bf16 autocast on CUDA as in training: the one evaluation the
-    trainer and ``harness rescore`` share, so both give the same number for the same weights."""
-    model.eval()
-    losses = []
-    for x, y in batches:
-        with torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            logits, _ = forward(x.to(device))  # (B, T, V)
-        losses.append(F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten()))
-    model.train()
-    return float(torch.stack(losses).mean())
-
-
-def same_data(logged: str | None, data: TokenData, path: Path | None) -> None:
-    """Refuse to replay or resume from ``path`` when it was trained on other data than the
-    trial's data gives now (files rewritten under the same names, another Python's standard
-    library): its curve would be reported for data it never saw. Records without a data id
-    (older harness) pass."""
-    now = data_sha(data.fingerprint)
-    if logged is not None and logged != now:
-        raise DataChangedError(
-            f"{path or 'checkpoint'} was trained on data {logged}, but the trial's data now "
-            f"gives {now}: move {path.parent if path else 'it'} aside to train on the new data, "
-            "or restore the old data")
-
-
 def _replay(tracker: Tracker, rows: list[tuple[int, dict[str, float]]]) -> None:
     for step, metrics in rows:
         tracker.log_metrics(metrics, step=step)
@@ -333,15 +290,6 @@ def _resume(trainer: Trainer, ckpt_dir: Path) -> None:
         trainer.load(state, path)
         log.info("trial %s resumed at step %d from %s", trainer.trial.hash, trainer.step,
                  path.name)
-
-
-def _clean_up(ckpt_dir: Path) -> None:
-    """After ``result.json`` is written: the checkpoints (``final.pt`` stays) and any killed
-    writer's temporaries."""
-    for name in (CKPT, PREV):
-        (ckpt_dir / name).unlink(missing_ok=True)
-    for name in (CKPT, RESULT, FINAL):
-        remove_temps(ckpt_dir / name)
 
 
 def run_trial(
@@ -396,7 +344,7 @@ def run_trial(
         if status == TrialStatus.FINISHED:  # before the record: a finished trial has both
             save_atomic(trainer.final_weights(), ckpt_dir / FINAL)
         write_record(TrialRecord(result, trainer.rows, artifacts, params, tags), ckpt_dir)
-        _clean_up(ckpt_dir)
+        clean_up(ckpt_dir)
     tracker.finish(status)
     return result
 

@@ -406,7 +406,7 @@ def test_a_damaged_file_that_cannot_be_set_aside_is_one_clear_error(
 def test_a_record_of_other_data_is_refused_not_replayed(tmp_path: Path) -> None:
     """Rewriting a text corpus under the same names replayed the old result.json with the old
     curve and data id before the fix."""
-    from harness.train import DataChangedError
+    from harness.record import DataChangedError
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
