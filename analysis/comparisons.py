@@ -124,13 +124,20 @@ def multipliers(d: Design, parts: Parts) -> None:
     table = pd.concat([m.table() for m in parts.multipliers], ignore_index=True) if (
         parts.multipliers) else pd.DataFrame()
     parts.tables["multipliers"] = table
+    _multiplier_figure(parts, d, table,
+                       f"C_{d.base}(L*) / C_arm(L*) read off fitted frontiers at target losses "
+                       "L*, with 95% bootstrap intervals; values that are not estimable are left "
+                       "out.")
+
+
+def _multiplier_figure(parts: Parts, d: Design, table: pd.DataFrame, caption: str) -> None:
+    """The multipliers figure of the estimable rows of ``table`` (none when there are none)."""
     shown = _drawable(table)
     if len(shown):
         parts.figures.append(FigureJob(
             "multipliers", plot_multipliers,
             Multipliers(shown, d.base, f"{d.name}: compute multiplier over {d.base}", d.order),
-            f"C_{d.base}(L*) / C_arm(L*) read off fitted frontiers at target losses L*, with 95% "
-            "bootstrap intervals; values that are not estimable are left out."))
+            caption))
 
 
 def _drawable(table: pd.DataFrame) -> pd.DataFrame:
@@ -227,13 +234,8 @@ def _law_figures(d: Design, parts: Parts, fit: SparsityLawFit, frame: pd.DataFra
         "(shared E and alpha; K2 report §2.3) and the target loss L*."))
     assert parts.law is not None
     table = pd.concat([m.table() for m in parts.law.vs_base], ignore_index=True)
-    shown = _drawable(table)
-    if len(shown):
-        parts.figures.append(FigureJob(
-            "multipliers", plot_multipliers,
-            Multipliers(shown, d.base, f"{d.name}: compute multiplier over {d.base}", d.order),
-            f"FLOP multiplier of each arm over {d.base} under the joint law, 95% bootstrap "
-            "intervals."))
+    _multiplier_figure(parts, d, table, f"FLOP multiplier of each arm over {d.base} under the "
+                       "joint law, 95% bootstrap intervals.")
 
 
 def paired_change(label: str, base: str, pairs: list[Pair]) -> PairedChange:

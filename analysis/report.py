@@ -93,17 +93,26 @@ def _fetch_sweep_json(name: str, uri: str | None) -> str | None:
         return None
 
 
-def declared_analysis(name: str, folder: Path = SWEEPS) -> AnalysisSpec | None:
-    """The ``analysis`` section of the sweep file in ``folder`` that defines ``name`` (a
-    profile's ``<name>-<profile>`` too), or None. How a sweep is read, its claim included, is
-    declared in its file, so it applies to runs logged before the section changed."""
+def sweep_files(folder: Path = SWEEPS) -> list[tuple[Path, str, list[str]]]:
+    """``(path, sweep name, profile names)`` of each sweep file in ``folder`` that reads as
+    YAML (one that does not is skipped: it cannot define a sweep)."""
+    out = []
     for path in sorted(folder.glob("*.yaml")):
         try:
             raw = read_yaml(path)
         except ConfigError:
             continue
-        base = str(raw.get("name", path.stem))
         profiles = raw.get("profiles") or {}
+        out.append((path, str(raw.get("name", path.stem)),
+                    [str(p) for p in profiles] if isinstance(profiles, dict) else []))
+    return out
+
+
+def declared_analysis(name: str, folder: Path = SWEEPS) -> AnalysisSpec | None:
+    """The ``analysis`` section of the sweep file in ``folder`` that defines ``name`` (a
+    profile's ``<name>-<profile>`` too), or None. How a sweep is read, its claim included, is
+    declared in its file, so it applies to runs logged before the section changed."""
+    for path, base, profiles in sweep_files(folder):
         if name != base and not (name.startswith(f"{base}-") and
                                  name.removeprefix(f"{base}-") in profiles):
             continue
@@ -312,14 +321,8 @@ def shipped_sweeps(folder: Path = SWEEPS) -> set[str]:
     """Names of the sweeps the repository's ``sweeps/*.yaml`` define, each profile's included
     (``sparsity``, ``sparsity-gpu``); a file that does not read is skipped."""
     names: set[str] = set()
-    for path in sorted(folder.glob("*.yaml")):
-        try:
-            raw = read_yaml(path)
-        except ConfigError:
-            continue
-        name = str(raw.get("name", path.stem))
-        profiles = raw.get("profiles") or {}
-        names |= {name, *(f"{name}-{p}" for p in profiles if isinstance(profiles, dict))}
+    for _, name, profiles in sweep_files(folder):
+        names |= {name, *(f"{name}-{p}" for p in profiles)}
     return names
 
 
