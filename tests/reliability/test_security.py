@@ -240,7 +240,7 @@ def test_relative_data_path_means_the_submit_folder_in_ray_trials(project: Path)
     path = write_sweep(project, "relp", {"model.moe.n_routed_experts": [4]}, steps=8)
     spec = yaml.safe_load(path.read_text())
     spec["base"]["data"] = {"corpus": "text", "path": "corpus", "val_tokens": 2048,
-                            "val_fraction": 0.2}
+                            "val_fraction": 0.2, "test_fraction": 0.2}
     spec["max_failures"] = 0
     path.write_text(yaml.safe_dump(spec))
     out = harness("submit", str(path))

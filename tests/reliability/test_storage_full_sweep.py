@@ -102,7 +102,11 @@ def test_full_disk_under_the_tracking_store_stops_in_seconds(project: Path) -> N
         out, stopped_in, filler = submit_then_fill(path, env, project / ".harness" /
                                                    "checkpoints", mount.path, code=2)
         assert "the MLflow store cannot take more data (database or disk is full)" in out
-        assert out.count("Traceback") == 0 and stopped_in < 90, (stopped_in, out[-4000:])
+        # the driver prints no traceback; Ray may still echo a stopped trial worker's exit
+        # (lines prefixed "(trainable pid=…)"), library noise the harness does not control
+        own = [ln for ln in out.splitlines() if not ln.lstrip("\x1b[0-9m").startswith("(")]
+        assert not any("Traceback" in ln for ln in own), out[-4000:]
+        assert stopped_in < 90, (stopped_in, out[-4000:])
         filler.unlink()
         resumed = harness("resume", "dbfull", env={"MLFLOW_TRACKING_URI": uri}, timeout=600)
         assert "0 failed" in resumed.stdout, resumed.stdout[-2000:]
