@@ -42,7 +42,7 @@ from harness.config import (
 )
 from harness.config.names import NAME_RULE
 from harness.locks import exclusive
-from harness.tracking import MLflowTracker, TrialStatus, with_retry
+from harness.tracking import MAX_PARAMS, MLflowTracker, TrialStatus, with_retry
 
 log = logging.getLogger(__name__)
 
@@ -334,8 +334,8 @@ class Store:
         from mlflow.entities import Param
 
         missing = [Param(k, str(v)) for k, v in params.items() if k not in run.data.params]
-        for i in range(0, len(missing), 100):
-            self.client.log_batch(run.info.run_id, params=missing[i : i + 100])
+        for i in range(0, len(missing), MAX_PARAMS):
+            self.client.log_batch(run.info.run_id, params=missing[i : i + MAX_PARAMS])
         return len(missing)
 
 

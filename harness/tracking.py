@@ -164,7 +164,8 @@ class MLflowTracker:
         stored = with_retry("read run", self.client.get_run, self.run_id).data.params
         new = [Param(k, str(v)[:6000]) for k, v in params.items() if k not in stored]
         for i in range(0, len(new), MAX_PARAMS):
-            with_retry("log params", self.client.log_batch, self.run_id, params=new[i : i + 100])
+            batch = new[i : i + MAX_PARAMS]
+            with_retry("log params", self.client.log_batch, self.run_id, params=batch)
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
