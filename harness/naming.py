@@ -41,6 +41,11 @@ Extra = int | None
 """Significant digits added to the compact form of a value; None = exact."""
 
 
+NULL_MEANS = {"model.moe.bias_update_rate": "auto", "optim.router_lr": "auto",
+              "optim.adamw_lr": "auto", "optim.router_weight_decay": "auto"}
+"""How a run name shows a null that means a derived default rather than off."""
+
+
 def _fmt(value: Any, extra: Extra = 0) -> str:
     """Compact value: ``64``, ``2M``, ``3e-3``, ``0.02``; with ``extra`` more significant
     digits than that (``1.5e-3``, ``1.500001M``), or exact for ``extra=None``."""
@@ -115,7 +120,8 @@ def run_name(trial: TrialConfig, sweep: SweepConfig) -> str:
     parts = []
     for key in _named_axes(sweep):
         label = _SHORT.get(key)
-        value = _fmt(_value_at(dump, key), digits.get(key, 0))
+        raw = _value_at(dump, key)
+        value = NULL_MEANS.get(key, "off") if raw is None else _fmt(raw, digits.get(key, 0))
         parts.append(f"{label}{value}" if label else f"{key.rsplit('.', 1)[-1]}={value}")
     parts.append(trial.optim.arm)
     parts.append(f"s{trial.train.seed}")

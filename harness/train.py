@@ -55,6 +55,7 @@ from harness.record import (
     same_data,
     write_record,
 )
+from harness.routing import routing_health
 from harness.schedule import lr_multiplier
 from harness.store import data_sha, trial_params
 from harness.tracking import Tracker, TrialStatus
@@ -71,6 +72,7 @@ class _Window:
     max_logits: torch.Tensor | None = None  # (L, H) running max
     loads: torch.Tensor | None = None  # (L_moe, E) summed tokens per expert
     clipped: torch.Tensor | None = None  # (L,) heads clipped, summed
+    peak_imbalance: float = 0.0  # largest per-step max / mean load (mean over MoE layers)
     tokens: int = 0
     seconds: float = 0.0
 
@@ -79,8 +81,11 @@ class _Window:
         self.grad_norms.append(gnorm)
         ml = tel.max_logits.float().cpu()
         self.max_logits = ml if self.max_logits is None else torch.maximum(self.max_logits, ml)
-        ld = tel.expert_load.float().cpu()
+        ld = tel.expert_load.float().cpu()  # (L_moe, E)
         self.loads = ld if self.loads is None else self.loads + ld
+        if ld.numel():
+            step_imb = float((ld.amax(dim=1) / ld.mean(dim=1).clamp_min(1e-9)).mean())
+            self.peak_imbalance = max(self.peak_imbalance, step_imb)
         if clipped is not None:
             c = clipped.cpu().float()
             self.clipped = c if self.clipped is None else self.clipped + c
@@ -102,6 +107,7 @@ class Trainer:
         self.flops_per_token = trial.model.flops_per_token(tc.seq_len)
         self.val, self.test = eval_sets(trial, data)
         self.autocast = device.type == "cuda"
+        self.bias_rate = trial.model.moe.bias_rate(tc.steps)
         self.step = 0
         self.rows: list[tuple[int, dict[str, float]]] = []
         self.run_max_logits: torch.Tensor | None = None
@@ -170,7 +176,7 @@ class Trainer:
         clipped = None
         if self.trial.optim.qk_clip_tau is not None:
             clipped = qk_clip_(self.model, self.trial.optim.qk_clip_tau, max_logits)
-        self.model.update_router_bias(loads)
+        self.model.update_router_bias(loads, self.bias_rate)
         self.step += 1
         tel = Telemetry(max_logits=max_logits, expert_load=loads, aux_loss=tel.aux_loss.detach())
         return total, gnorm, tel, clipped
@@ -238,12 +244,19 @@ class Trainer:
         imbalance = w.loads.amax(dim=1) / w.loads.mean(dim=1).clamp_min(1e-9)  # (L_moe,)
         dead = (w.loads == 0).sum(dim=1)
         biases = [b.e_score_bias for b in self.moe_layers()]
-        m = {"moe/imbalance": float(imbalance.mean()), "moe/dead_experts": float(dead.sum())}
+        m = {"moe/imbalance": float(imbalance.mean()), "moe/dead_experts": float(dead.sum()),
+             "moe/imbalance_peak": w.peak_imbalance}
         for j, (imb, d, b) in enumerate(zip(imbalance, dead, biases, strict=True)):
             m[f"moe/imbalance/L{first + j}"] = float(imb)
             m[f"moe/dead_experts/L{first + j}"] = float(d)
             m[f"moe/bias_range/L{first + j}"] = float(b.max() - b.min())
         return m
+
+    def routing_metrics(self, last: dict[str, float]) -> dict[str, float]:
+        """``routing/*`` health of the run so far (:mod:`harness.routing`), ``last`` the row
+        being logged; {} for a dense model."""
+        health = routing_health([*self.rows, (self.step, last)], self.bias_rate, self.step)
+        return {} if health is None else health.metrics()
 
     def moe_layers(self) -> list[Any]:
         return [blk.ffn for blk in self.model.blocks[self.trial.model.first_k_dense :]]
@@ -377,6 +390,8 @@ def _train(
             final = last and not diverged
             metrics = trainer.metrics(window, trainer.evaluate() if wants_eval else None,
                                       trainer.evaluate(trainer.test) if final else None)
+            if last:
+                metrics |= trainer.routing_metrics(metrics)
             trainer.rows.append((trainer.step, metrics))
             tracker.log_metrics(metrics, step=trainer.step)
             if on_log is not None:

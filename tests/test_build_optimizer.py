@@ -63,7 +63,9 @@ def test_muon_groups_partition_the_model(tie: bool, q_lora_rank: int) -> None:
         is_router = name.endswith("ffn.gate.weight")
         if p.ndim < 2:
             assert kind[name] == "adamw_no_decay", name
-        elif name.startswith("blocks.") and not is_router:
+        elif is_router:
+            assert kind[name] == "router", name
+        elif name.startswith("blocks."):
             assert kind[name] == "muon", name
         else:
             assert kind[name] == "adamw_decay", name
@@ -74,7 +76,7 @@ def test_muon_groups_partition_the_model(tie: bool, q_lora_rank: int) -> None:
         assert g["base_lr"] == (0.02 if g["kind"] == "muon" else 3e-3)
         assert g["lr"] == g["base_lr"]
     desc = describe_groups(opt)
-    assert set(desc) == {"muon", "adamw_decay", "adamw_no_decay"}
+    assert set(desc) == {"muon", "adamw_decay", "router", "adamw_no_decay"}
     assert sum(d["n_elements"] for d in desc.values()) == sum(p.numel() for p in named.values())
     assert sum(d["n_tensors"] for d in desc.values()) == len(named)
 
@@ -144,3 +146,17 @@ def test_combined_groups_drive_children_after_load() -> None:
     assert isinstance(muon, Muon)
     assert opt.last_update_rms == muon.last_update_rms is not None
     assert len(opt.state) == sum(len(o.state) for o in opt.optimizers.values())
+
+
+@pytest.mark.parametrize("name", ["adamw", "muon"])
+def test_router_has_its_own_lr_and_weight_decay(name: str) -> None:
+    model = Transformer(_cfg())
+    oc = OptimConfig(name=name, lr=0.02, adamw_lr=3e-3, router_lr=5e-4, router_weight_decay=0.0)
+    groups = {g["name"]: g for g in build_optimizer(model, oc).param_groups}
+    router = groups["router"]
+    assert router["base_lr"] == 5e-4 and router["weight_decay"] == 0.0
+    assert len(router["params"]) == model.cfg.n_moe_layers
+    default = {g["name"]: g for g in build_optimizer(model, OptimConfig(name=name, lr=0.02,
+                                                                       adamw_lr=3e-3)).param_groups}
+    assert default["router"]["base_lr"] == default["adamw_decay"]["base_lr"]
+    assert default["router"]["weight_decay"] == default["adamw_decay"]["weight_decay"]

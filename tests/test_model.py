@@ -218,12 +218,12 @@ def test_update_router_bias_moves_toward_balance() -> None:
     cfg = small(n_layers=3, first_k_dense=1)
     model = Transformer(cfg)
     load = torch.tensor([[30.0, 2, 2, 2, 2, 2, 2, 3], [4.0, 4, 4, 4, 4, 4, 4, 4]])
-    model.update_router_bias(load)
+    model.update_router_bias(load, 1e-3)
     first, second = (m.e_score_bias for m in model.moe_layers())
     assert first[0] < 0 and torch.all(first[1:7] > 0) and first[7] > 0
     assert torch.all(second == 0)
     with pytest.raises(ValueError, match="MoE layers"):
-        model.update_router_bias(load[:1])
+        model.update_router_bias(load[:1], 1e-3)
 
 
 def test_autocast_bf16_forward() -> None:

@@ -51,6 +51,13 @@ class AttentionConfig(Frozen):
         return self
 
 
+DEEPSEEK_BIAS_RATE = 1e-3
+"""DeepSeek-V3's aux-loss-free bias step u (report §4.2: 0.001 for the first 14.3T tokens)."""
+BIAS_TRAVEL = 5.0
+"""Default ``bias_travel``: u x steps for runs too short for DeepSeek's u (calibrated in
+docs/design.md, routing calibration)."""
+
+
 class MoEConfig(Frozen):
     """Fine-grained MoE with shared experts and aux-loss-free balancing (DeepSeek-V3 §2.1.2)."""
 
@@ -63,8 +70,15 @@ class MoEConfig(Frozen):
     score_func: Literal["sigmoid", "softmax"] = "sigmoid"
     routed_scaling_factor: float = Field(1.0, gt=0, description="scale of routed output")
     norm_topk_prob: bool = Field(True, description="normalise the top-k weights to sum 1")
-    bias_update_rate: float = Field(
-        1e-3, ge=0, description="aux-loss-free bias step u per optimizer step (0 = off)"
+    bias_update_rate: float | None = Field(
+        None, ge=0,
+        description="aux-loss-free bias step u per optimizer step (0 = off; null = "
+        "max(0.001, bias_travel / train steps))",
+    )
+    bias_travel: float = Field(
+        BIAS_TRAVEL, gt=0,
+        description="bias_update_rate null: how far one expert's bias may move over the run "
+        "(u x steps), so one setting fits 500 steps and 50k",
     )
     seq_aux_alpha: float = Field(0.0, ge=0, description="sequence-wise balance loss weight")
 
@@ -100,6 +114,17 @@ class MoEConfig(Frozen):
     def sparsity(self) -> float:
         """Routed experts over active routed experts (K2 report §2.3)."""
         return self.n_routed_experts / self.top_k
+
+    def bias_rate(self, steps: int) -> float:
+        """The aux-loss-free bias step u of a run of ``steps`` optimizer steps.
+
+        ``bias_update_rate`` when set; else ``max(DEEPSEEK_BIAS_RATE, bias_travel / steps)``:
+        DeepSeek-V3's u = 0.001 (§4.2) for long runs, and for short ones a u large enough that a
+        bias can travel ``bias_travel`` over the run (docs/design.md, routing calibration).
+        """
+        if self.bias_update_rate is not None:
+            return self.bias_update_rate
+        return max(DEEPSEEK_BIAS_RATE, self.bias_travel / max(steps, 1))
 
 
 class ModelConfig(Frozen):
@@ -213,6 +238,12 @@ class OptimConfig(Frozen):
     adamw_lr: float | None = Field(
         None, gt=0, description="Muon runs: peak lr of the AdamW part (null = lr)"
     )
+    router_lr: float | None = Field(
+        None, gt=0, description="peak lr of the MoE router weights (null = the AdamW lr)"
+    )
+    router_weight_decay: float | None = Field(
+        None, ge=0, description="weight decay of the MoE router weights (null = weight_decay)"
+    )
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = Field(1e-8, gt=0)
     weight_decay: float = Field(0.1, ge=0, description="decoupled, multiplied by lr")
@@ -225,6 +256,10 @@ class OptimConfig(Frozen):
     )
     qk_clip_tau: float | None = Field(
         None, gt=0, description="QK-Clip threshold on max attention logits (null = off)"
+    )
+    muon_skip_idle: bool = Field(
+        False, description="Muon: no update, momentum decay or weight decay for an expert "
+        "matrix whose gradient is all zero (it got no tokens this step)",
     )
 
     @field_validator("name", mode="before")

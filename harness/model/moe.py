@@ -322,8 +322,7 @@ class MoE(nn.Module):
         return y_ND.view(B, T, D), counts_E.float(), aux
 
     @torch.no_grad()
-    def update_bias(self, load_E: Tensor) -> None:
-        """One aux-loss-free step of ``e_score_bias`` from this step's tokens per expert."""
-        self.e_score_bias.copy_(
-            router_bias_update(self.e_score_bias, load_E, self.cfg.bias_update_rate)
-        )
+    def update_bias(self, load_E: Tensor, rate: float) -> None:
+        """One aux-loss-free step (size ``rate``) of ``e_score_bias`` from this step's tokens
+        per expert."""
+        self.e_score_bias.copy_(router_bias_update(self.e_score_bias, load_E, rate))

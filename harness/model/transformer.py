@@ -123,11 +123,12 @@ class Transformer(nn.Module):
         return [b.attn for b in self.blocks]
 
     @torch.no_grad()
-    def update_router_bias(self, expert_load: Tensor) -> None:
+    def update_router_bias(self, expert_load: Tensor, rate: float) -> None:
         """Aux-loss-free bias step for every MoE layer from its load (Lm, E) over the step.
 
-        b_i += bias_update_rate * sign(mean load - load_i) (DeepSeek-V3 §2.1.2). Call after each
-        optimizer step with the load summed over the step's micro-batches.
+        b_i += rate * sign(mean load - load_i) (DeepSeek-V3 §2.1.2); ``rate`` is
+        ``MoEConfig.bias_rate(steps)``. Call after each optimizer step with the load summed over
+        the step's micro-batches.
         """
         moes = self.moe_layers()
         if expert_load.shape[0] != len(moes):
@@ -135,4 +136,4 @@ class Transformer(nn.Module):
                 f"expert_load has {expert_load.shape[0]} rows, model has {len(moes)} MoE layers"
             )
         for moe, load_E in zip(moes, expert_load, strict=True):
-            moe.update_bias(load_E)
+            moe.update_bias(load_E, rate)

@@ -8,16 +8,20 @@ Which parameter goes where is decided by the module structure of
   except the router;
 - **router**: the parameters of a block module's ``gate`` child when that module also has
   ``experts`` (the MoE router ``E x D``). AdamW, as in KellerJordan/Muon, Moonlight
-  (arXiv 2502.16982) and the Kimi K2 report (arXiv 2507.20534): Muon is for hidden matrices only;
+  (arXiv 2502.16982) and the Kimi K2 report (arXiv 2507.20534): Muon is for hidden matrices only.
+  The router is its own group, ``router``, with ``optim.router_lr`` and
+  ``optim.router_weight_decay`` (null: the AdamW lr and ``weight_decay``): at harness scale the
+  router needs a smaller lr than the embeddings (docs/design.md, routing calibration);
 - everything else: the embedding, the LM head (deduplicated when tied to the embedding), norm
   gains, biases.
 
-AdamW weight decay follows nanoGPT: matrices (embedding, LM head, router, and the hidden matrices
-in an ``adamw`` run) decay with ``weight_decay``; vectors (norm gains, biases) do not.
+AdamW weight decay follows nanoGPT: matrices (embedding, LM head, and the hidden matrices in an
+``adamw`` run) decay with ``weight_decay``; vectors (norm gains, biases) do not.
 
 Every param group carries ``name``, ``kind`` (``"muon"`` or ``"adamw"``), ``base_lr`` (the peak lr:
 ``optim.lr`` for Muon, ``optim.adamw_lr or optim.lr`` for AdamW in a Muon run, ``optim.lr`` in an
-AdamW run) and ``param_names``. The trainer sets ``group["lr"] = group["base_lr"] * schedule``.
+AdamW run, ``optim.router_lr`` or that AdamW lr for the router) and ``param_names``. The trainer
+sets ``group["lr"] = group["base_lr"] * schedule``.
 """
 
 from __future__ import annotations
@@ -35,12 +39,13 @@ NamedParams = list[tuple[str, nn.Parameter]]
 
 
 def split_params(model: nn.Module) -> dict[str, NamedParams]:
-    """Split ``model``'s trainable parameters (tied ones once) into hidden / matrix / vector sets.
+    """Split ``model``'s trainable parameters (tied ones once) into hidden / router / matrix /
+    vector sets.
 
-    Returns ``{"hidden": ..., "matrix": ..., "vector": ...}``: ``hidden`` = ``ndim >= 2`` inside
-    ``model.blocks`` minus routers; ``matrix`` = the other ``ndim >= 2`` parameters (embedding,
-    LM head, routers); ``vector`` = ``ndim < 2`` (norms, biases). Raises ValueError when ``model``
-    has no ``blocks``.
+    Returns ``{"hidden": ..., "router": ..., "matrix": ..., "vector": ...}``: ``hidden`` =
+    ``ndim >= 2`` inside ``model.blocks`` minus routers; ``router`` = the MoE routers' weights;
+    ``matrix`` = the other ``ndim >= 2`` parameters (embedding, LM head); ``vector`` =
+    ``ndim < 2`` (norms, biases). Raises ValueError when ``model`` has no ``blocks``.
     """
     blocks = getattr(model, "blocks", None)
     if not isinstance(blocks, nn.Module):
@@ -54,13 +59,15 @@ def split_params(model: nn.Module) -> dict[str, NamedParams]:
         for p in module.gate.parameters()
     }
     block_ids = {id(p) for p in blocks.parameters()}
-    out: dict[str, NamedParams] = {"hidden": [], "matrix": [], "vector": []}
+    out: dict[str, NamedParams] = {"hidden": [], "router": [], "matrix": [], "vector": []}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         if p.ndim < 2:
             out["vector"].append((name, p))
-        elif id(p) in block_ids and id(p) not in router_ids:
+        elif id(p) in router_ids:
+            out["router"].append((name, p))
+        elif id(p) in block_ids:
             out["hidden"].append((name, p))
         else:
             out["matrix"].append((name, p))
@@ -156,58 +163,50 @@ def _adamw(groups: list[dict[str, Any]], optim_config: OptimConfig) -> torch.opt
 def build_optimizer(model: nn.Module, optim_config: OptimConfig) -> torch.optim.Optimizer:
     """The trial's optimizer for ``model``: see the module docstring for the groups.
 
-    ``optim_config.name == "adamw"``: one AdamW with groups ``adamw_decay`` (all matrices) and
-    ``adamw_no_decay`` (vectors). ``"muon"``: a :class:`CombinedOptimizer` of ``{"muon": Muon,
-    "adamw": AdamW}`` with groups ``muon`` (hidden matrices), ``adamw_decay`` (embedding, LM head,
-    routers) and ``adamw_no_decay`` (vectors). Groups with no parameters are left out.
-    QK-Clip (:func:`harness.optim.qk_clip.qk_clip_`) is applied by the trainer after ``step()``.
+    ``optim_config.name == "adamw"``: one AdamW with groups ``adamw_decay`` (hidden matrices,
+    embedding, LM head), ``router`` and ``adamw_no_decay`` (vectors). ``"muon"``: a
+    :class:`CombinedOptimizer` of ``{"muon": Muon, "adamw": AdamW}`` with groups ``muon`` (hidden
+    matrices), ``adamw_decay`` (embedding, LM head), ``router`` and ``adamw_no_decay`` (vectors).
+    Groups with no parameters are left out. QK-Clip (:func:`harness.optim.qk_clip.qk_clip_`) is
+    applied by the trainer after ``step()``.
     """
-    parts = split_params(model)
-
-    def group(name: str, kind: str, params: NamedParams, lr: float, wd: float) -> dict[str, Any]:
-        return {
-            "params": params,
-            "name": name,
-            "kind": kind,
-            "base_lr": lr,
-            "lr": lr,
-            "weight_decay": wd,
-        }
-
-    if optim_config.name == "adamw":
-        groups = [
-            group(
-                "adamw_decay",
-                "adamw",
-                parts["hidden"] + parts["matrix"],
-                optim_config.lr,
-                optim_config.weight_decay,
-            ),
-            group("adamw_no_decay", "adamw", parts["vector"], optim_config.lr, 0.0),
-        ]
-        return _adamw([g for g in groups if g["params"]], optim_config)
-    if optim_config.name != "muon":
+    if optim_config.name not in ("adamw", "muon"):
         raise ValueError(f"optim.name must be 'adamw' or 'muon', got {optim_config.name!r}")
-    adamw_lr = optim_config.adamw_lr or optim_config.lr
+    parts = split_params(model)
+    oc = optim_config
+    muon = oc.name == "muon"
+    adamw_lr = (oc.adamw_lr or oc.lr) if muon else oc.lr
+    router_wd = oc.weight_decay if oc.router_weight_decay is None else oc.router_weight_decay
     adamw_groups = [
-        group("adamw_decay", "adamw", parts["matrix"], adamw_lr, optim_config.weight_decay),
-        group("adamw_no_decay", "adamw", parts["vector"], adamw_lr, 0.0),
+        _group("adamw_decay", "adamw", ([] if muon else parts["hidden"]) + parts["matrix"],
+               adamw_lr, oc.weight_decay),
+        _group("router", "adamw", parts["router"], oc.router_lr or adamw_lr, router_wd),
+        _group("adamw_no_decay", "adamw", parts["vector"], adamw_lr, 0.0),
     ]
+    adamw_groups = [g for g in adamw_groups if g["params"]]
+    if not muon:
+        return _adamw(adamw_groups, oc)
     optimizers: dict[str, torch.optim.Optimizer] = {}
     if parts["hidden"]:
         optimizers["muon"] = Muon(
-            [group("muon", "muon", parts["hidden"], optim_config.lr, optim_config.weight_decay)],
-            lr=optim_config.lr,
-            weight_decay=optim_config.weight_decay,
-            momentum=optim_config.momentum,
-            nesterov=optim_config.nesterov,
-            ns_steps=optim_config.ns_steps,
-            update_scale=optim_config.update_scale,
+            [_group("muon", "muon", parts["hidden"], oc.lr, oc.weight_decay)],
+            lr=oc.lr,
+            weight_decay=oc.weight_decay,
+            momentum=oc.momentum,
+            nesterov=oc.nesterov,
+            ns_steps=oc.ns_steps,
+            update_scale=oc.update_scale,
+            skip_idle=oc.muon_skip_idle,
         )
-    adamw_groups = [g for g in adamw_groups if g["params"]]
     if adamw_groups:
-        optimizers["adamw"] = _adamw(adamw_groups, optim_config)
+        optimizers["adamw"] = _adamw(adamw_groups, oc)
     return CombinedOptimizer(optimizers)
+
+
+def _group(name: str, kind: str, params: NamedParams, lr: float, wd: float) -> dict[str, Any]:
+    """One param group with the keys of the module docstring (``lr`` starts at the peak)."""
+    return {"params": params, "name": name, "kind": kind, "base_lr": lr, "lr": lr,
+            "weight_decay": wd}
 
 
 def describe_groups(optimizer: torch.optim.Optimizer) -> dict[str, dict[str, Any]]:
