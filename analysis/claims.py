@@ -11,7 +11,9 @@ final-loss change at the largest common budget) and its kind:
   (Schuirmann 1987; a 95% interval inside the margin is TOST at alpha 0.025 per side);
   disagrees when the interval lies entirely outside the margin.
 
-Anything else is *inconclusive*, and so is an estimate that is not estimable and, unless the
+Anything else is *inconclusive*, and so is a claim on an arm (or against a baseline) where most
+runs' routing collapsed (:mod:`harness.routing`: such runs say nothing about the experts), an
+estimate that is not estimable and, unless the
 spec says ``edge: allow``, a claim read on a cell whose best ``best_of`` value sits at the edge
 of its own grid. Every row also gives the paired final-loss change at the largest budget,
 the minimum detectable effect and the seeds a design like this one needs to detect the
@@ -89,8 +91,35 @@ def _edges(claim: ClaimSpec, ev: Evidence) -> tuple[str, ...]:
     return tuple(c for c in ev.edge_cells if c in at)
 
 
+def collapsed_side(ev: Evidence) -> str | None:
+    """Why the routing rules the evidence out (most runs of the arm or the baseline collapsed),
+    or None."""
+    for name, counts in zip((ev.arm, ev.baseline), ev.health, strict=True):
+        if counts is not None and counts[1] and 2 * counts[0] < counts[1]:
+            return (f"routing collapsed in {counts[1] - counts[0]} of {counts[1]} runs of "
+                    f"{name}")
+    return None
+
+
+def health_text(ev: Evidence) -> str:
+    """``routing healthy in 3/4 runs of E64, 4/4 of E2`` ('' without MoE curves)."""
+    parts = [f"{h}/{n} of {name}" for name, c in zip((ev.arm, ev.baseline), ev.health,
+                                                     strict=True) if c is not None
+             for h, n in [c]]
+    return f"routing healthy in {', '.join(parts)} runs" if parts else ""
+
+
 def judge(claim: ClaimSpec, ev: Evidence, edge: str = "inconclusive") -> tuple[Verdict, str]:
     """Verdict and its reason for one claimed arm (module docstring)."""
+    verdict, why = _judge(claim, ev, edge)
+    health = health_text(ev)
+    return verdict, f"{why}; {health}" if health else why
+
+
+def _judge(claim: ClaimSpec, ev: Evidence, edge: str) -> tuple[Verdict, str]:
+    collapsed = collapsed_side(ev)
+    if collapsed is not None:
+        return Verdict.INCONCLUSIVE, f"{collapsed}: not evidence about the experts"
     est = read_out(claim, ev)
     edges = _edges(claim, ev)
     at_edge = (f"the best learning rate sits at the edge of its own grid in {len(edges)} cell"

@@ -3,8 +3,10 @@
 ``runs``: one row per trial (sweep, run id, name, hash, status, arm, tokens, FLOPs, final losses,
 and every param the trial logged under its own key: the config's dotted keys and the derived
 values of :func:`harness.store.trial_params`, read back as logged, never recomputed here).
-``curves``: one row per logged step (run id, step, tokens, FLOPs, train/val loss, max attention
-logit, heads clipped, load imbalance, per-layer max logits).
+``runs`` also holds the routing health a trial logged at its last step (``routing/*``,
+:mod:`harness.routing`). ``curves``: one row per logged step (run id, step, tokens, FLOPs,
+train/val loss, max attention logit, heads clipped, load imbalance and dead experts, per-layer
+max logits and bias ranges).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from harness.routing import PREFIX as ROUTING_PREFIX
 from harness.store import DERIVED, Store, decode_param
 
 log = logging.getLogger(__name__)
@@ -24,7 +27,10 @@ CURVE_KEYS = (
     "train/loss", "val/loss", "tokens", "flops", "lr", "grad_norm", "attn/max_logit",
     "attn/heads_clipped", "moe/imbalance", "moe/dead_experts", "muon/update_rms",
     "perf/tokens_per_s", "test/loss", "rescore/val/loss", "rescore/test/loss",
+    "moe/imbalance_peak",
 )
+CURVE_PREFIXES = ("attn/max_logit/", "moe/bias_range/")
+"""Per-layer curves, kept whole."""
 DEFAULT_CACHE = Path("results") / "cache"
 
 
@@ -53,13 +59,14 @@ def run_row(run: Any, sweep: str) -> dict[str, Any]:
         "final_test_loss": metrics.get("test/loss"),
     }
     row.update({k: decode_param(v) for k, v in params.items() if k != "data.fingerprint"})
+    row.update({k: v for k, v in metrics.items() if k.startswith(ROUTING_PREFIX)})
     return row
 
 
 def curve_rows(store: Store, run: Any) -> pd.DataFrame:
     """Every logged curve metric of a run, one row per step (wide)."""
     run_id = run.info.run_id
-    keys = [k for k in run.data.metrics if k in CURVE_KEYS or k.startswith("attn/max_logit/")]
+    keys = [k for k in run.data.metrics if k in CURVE_KEYS or k.startswith(CURVE_PREFIXES)]
     frame = pd.DataFrame(store.history(run_id, keys)).sort_index()
     frame.index.name = "step"
     frame = frame.reset_index()

@@ -272,7 +272,7 @@ def make_all(experiments: list[str] | None = None, *, refresh: bool = False,
     written: list[Path] = []
     sections: list[str] = []
     headlines: list[Headline] = []
-    for name in targets:
+    for name in sorted(targets, key=report_order):
         try:
             if name in fetch and not store_exists(uri):
                 raise NotFoundError(f"no MLflow store at {uri or default_tracking_uri()}")
@@ -304,6 +304,19 @@ def make_all(experiments: list[str] | None = None, *, refresh: bool = False,
     written.append(report)
     log.info("wrote %d files under %s", len(written), out_dir)
     return written
+
+
+CONTROL_SUFFIX = "_control"
+"""A sweep named ``<study>_control`` is the positive control of ``<study>``."""
+
+
+def report_order(name: str) -> tuple[str, int, str]:
+    """Sort key of the report's sections: alphabetical, but a study's positive control
+    (``sparsity_control``) right before the study it checks, as the first thing under it."""
+    base, _, profile = name.partition("-")
+    if base.endswith(CONTROL_SUFFIX):
+        return base.removesuffix(CONTROL_SUFFIX), 0, profile
+    return base, 1, profile
 
 
 def _log_to_parent(name: str, uri: str | None, files: list[Path], text: str) -> None:

@@ -178,10 +178,12 @@ class Logits:
 @dataclass(frozen=True)
 class Evidence:
     """What one claimed arm is judged on; ``edge_cells``: conditions where the arm's or the
-    baseline's best ``best_of`` value sits at the edge of its own grid."""
+    baseline's best ``best_of`` value sits at the edge of its own grid; ``health``: per side
+    (arm, baseline), (runs with healthy routing, runs judged), None without MoE curves."""
 
     arm: str
     baseline: str
     multiplier: Multiplier | None = None
     change: PairedChange | None = None
     edge_cells: tuple[str, ...] = field(default=())
+    health: tuple[tuple[int, int] | None, tuple[int, int] | None] = (None, None)

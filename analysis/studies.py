@@ -65,7 +65,13 @@ from analysis.points import (
     throughput,
 )
 from analysis.results import ArmLogits, Evidence, Logits, Multiplier, PairedChange, SparsityLaw
-from analysis.telemetry import imbalance_summary, max_logit_summary
+from analysis.telemetry import (
+    health_counts,
+    health_sentence,
+    imbalance_summary,
+    max_logit_summary,
+    routing_health_table,
+)
 from analysis.wording import ci_text
 from harness.config import AnalysisSpec
 
@@ -224,6 +230,20 @@ def traces(runs: Runs, curves: pd.DataFrame, order: list[str], parts: Parts, nam
             parts.say(text, ref)
 
 
+def routing(runs: Runs, curves: pd.DataFrame, parts: Parts) -> dict[str, tuple[int, int]]:
+    """Routing health of the used runs (``analysis.telemetry``): a table, a finding, and the
+    (healthy, judged) counts per arm that the verdicts read."""
+    if curves.empty:
+        return {}
+    used = runs.frame.loc[runs.frame["selected"], "run_id"]
+    table = routing_health_table(runs, curves[curves["run_id"].isin(used)])
+    if table.empty:
+        return {}
+    parts.tables["routing"] = table
+    parts.say(health_sentence(table))
+    return health_counts(table)
+
+
 def with_conditions(display: pd.DataFrame, runs: Runs) -> pd.DataFrame:
     """The figure points with each run's ``condition``, so the loss-vs-compute figure tells
     runs of one arm apart (e.g. two expert counts of an optimizer arm)."""
@@ -254,10 +274,13 @@ def _logits(table: pd.DataFrame | None, base: str) -> Logits | None:
                                         float(r["tau"])) for a, r in by_arm.iterrows()))
 
 
-def evidence(runs: Runs, spec: AnalysisSpec, base: str, parts: Parts) -> list[Evidence]:
-    """What each claimed arm (``spec.claim.arms``) present in the study is judged on."""
+def evidence(runs: Runs, spec: AnalysisSpec, base: str, parts: Parts,
+             health: dict[str, tuple[int, int]] | None = None) -> list[Evidence]:
+    """What each claimed arm (``spec.claim.arms``) present in the study is judged on;
+    ``health`` the (healthy, judged) runs per arm (:func:`analysis.telemetry.health_counts`)."""
     if spec.claim is None:
         return []
+    health = health or {}
     by_arm = {m.arm: m for m in parts.multipliers}
     changes = {c.arm: c for c in parts.changes}
     out = []
@@ -266,7 +289,8 @@ def evidence(runs: Runs, spec: AnalysisSpec, base: str, parts: Parts) -> list[Ev
         if label == base or label not in runs.arms():
             continue
         edges = tuple(c for a, c in runs.edges if a in (label, base))
-        out.append(Evidence(label, base, by_arm.get(label), changes.get(label), edges))
+        out.append(Evidence(label, base, by_arm.get(label), changes.get(label), edges,
+                            (health.get(label), health.get(base))))
     return out
 
 
@@ -348,7 +372,8 @@ def study(name: str, collected: Collected, spec: AnalysisSpec, axes: list[str] |
         tables["multipliers"] = pd.concat([m.table() for m in parts.law.pairs],
                                           ignore_index=True)
     logits = _logits(parts.tables.get("max_logit"), base) if spec.kind == "logits" else None
-    heads = headlines(name, spec.claim, evidence(runs, spec, base, parts), spec.edge)
+    health = routing(runs, collected.curves, parts)
+    heads = headlines(name, spec.claim, evidence(runs, spec, base, parts, health), spec.edge)
     if logits is not None:
         heads = [cap_headline(name, logits, spec.claim.differ if spec.claim else ""), *heads]
     return Study(name, spec.kind, description, summary, tuple(parts.findings), tables,

@@ -7,6 +7,10 @@
 - Imbalance (``moe/imbalance``): max / mean expert load per MoE layer, averaged over layers;
   1 = perfectly balanced (aux-loss-free bias balancing, DeepSeek-V3 report section 2.1.2).
 
+- Routing health (:func:`routing_health_table`): per run, the rule of :mod:`harness.routing`
+  (collapsed = dead experts at the end, never balanced, or ended unbalanced), read from the logged
+  curves, so runs of any harness version are judged alike.
+
 Each summary covers every run that logged the metric, whatever its status: a diverged run is the
 point of a max-logit study. Nothing here fits a law; the numbers are medians and ranges over runs.
 """
@@ -21,6 +25,7 @@ import pandas as pd
 from analysis.plots import Traces
 from analysis.points import Runs, fmt_value, sort_key
 from analysis.references import K2_CLIPPED, K2_LOGITS
+from harness.routing import BALANCED, COLLAPSED, routing_health
 
 
 @dataclass(frozen=True)
@@ -158,3 +163,58 @@ def imbalance_summary(runs: Runs, curves: pd.DataFrame,
                           ", ".join(f"{r.name} ({int(r.final_dead_experts)})"
                                     for r in dead.itertuples()) + ".", None))
     return TraceSummary(table, Traces(pts, (), "", "arm"), tuple(sentences))
+
+
+HEALTH_COLUMNS = ["run_id", "name", "arm", "peak_imbalance", "balanced_step",
+                  "last_quarter_imbalance", "dead_experts", "bias_saturation", "collapsed"]
+
+
+def _rows(g: pd.DataFrame) -> list[tuple[int, dict[str, float]]]:
+    """One run's curve rows as the trainer logged them: (step, metrics present at that step)."""
+    cols = [c for c in g.columns if c.startswith("moe/")]
+    return [(int(r["step"]), {c: float(r[c]) for c in cols if pd.notna(r[c])})
+            for _, r in g.sort_values("step").iterrows()]
+
+
+def routing_health_table(runs: Runs, curves: pd.DataFrame) -> pd.DataFrame:
+    """Routing health of every run with MoE curves (:data:`HEALTH_COLUMNS`); empty for dense
+    sweeps. ``bias_saturation`` is the logged ``routing/bias_saturation`` (NaN for older runs)."""
+    if curves.empty or "moe/imbalance" not in curves.columns:
+        return pd.DataFrame(columns=HEALTH_COLUMNS)
+    info = runs.frame.drop_duplicates("run_id").set_index("run_id")
+    out = []
+    for run, g in curves[curves["run_id"].isin(info.index)].groupby("run_id", sort=False):
+        health = routing_health(_rows(g), 0.0, 0)
+        if health is None:
+            continue
+        saturation = info.at[run, "routing/bias_saturation"] if (
+            "routing/bias_saturation" in info.columns) else np.nan
+        out.append({"run_id": run, "name": info.at[run, "name"],
+                    "arm": info.at[run, "arm_label"], "peak_imbalance": health.peak_imbalance,
+                    "balanced_step": health.balanced_step,
+                    "last_quarter_imbalance": health.last_quarter_imbalance,
+                    "dead_experts": health.dead_experts,
+                    "bias_saturation": float(saturation), "collapsed": health.collapsed})
+    return pd.DataFrame(out, columns=HEALTH_COLUMNS)
+
+
+def health_counts(table: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """Per arm: (healthy runs, runs judged)."""
+    return {str(a): (int((~g["collapsed"].astype(bool)).sum()), len(g))
+            for a, g in table.groupby("arm", sort=False)}
+
+
+def health_sentence(table: pd.DataFrame) -> str:
+    """What the report says about routing health."""
+    collapsed = table[table["collapsed"].astype(bool)]
+    counts = ", ".join(f"{a} {h}/{n}" for a, (h, n) in health_counts(table).items())
+    text = (f"Routing health ({len(table) - len(collapsed)} of {len(table)} used runs healthy; "
+            f"healthy / judged by arm: {counts}). A run is collapsed when an expert got no "
+            f"tokens in its last logging window, its load never balanced (max / mean <= "
+            f"{BALANCED:g}) or it ended unbalanced (last-quarter mean > {COLLAPSED:g}); a "
+            "claim on an arm where most runs collapsed is inconclusive.")
+    if len(collapsed):
+        text += " Collapsed: " + ", ".join(
+            f"{r.name} ({int(r.dead_experts)} dead, last quarter {r.last_quarter_imbalance:.1f})"
+            for r in collapsed.itertuples()) + "."
+    return text

@@ -37,7 +37,8 @@ class RoutingHealth:
     balanced_step: int | None  # first logged step with window imbalance <= BALANCED, or None
     last_quarter_imbalance: float  # mean window imbalance over the last quarter of steps
     dead_experts: int  # experts with no tokens in the last logging window, summed over layers
-    bias_saturation: float  # largest bias range over layers / (u * steps); 1 = moved one way
+    bias_saturation: float  # largest bias range over layers / (2 u steps); 1 = two experts'
+    # biases moved apart at the full rate every step
 
     @property
     def collapsed(self) -> bool:
@@ -70,7 +71,7 @@ def routing_health(rows: Rows, rate: float, steps: int) -> RoutingHealth | None:
     balanced = next((s for s, m in moe if m["moe/imbalance"] <= BALANCED), None)
     peak = max(m.get("moe/imbalance_peak", m["moe/imbalance"]) for _, m in moe)
     ranges = [v for k, v in moe[-1][1].items() if k.startswith("moe/bias_range/")]
-    travel = rate * steps
+    travel = 2 * rate * steps  # two biases moving apart at the full rate every step
     saturation = max(ranges) / travel if ranges and travel > 0 else math.nan
     return RoutingHealth(
         peak_imbalance=float(peak),

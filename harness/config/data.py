@@ -55,6 +55,14 @@ class DataConfig(Frozen):
     synthetic_branching: int = Field(4, ge=1, description="synthetic: successors per context")
     synthetic_tokens: int = Field(2_000_000, gt=0, description="synthetic: tokens generated")
     synthetic_seed: int = Field(0, ge=0, description="synthetic: seed of the language itself")
+    synthetic_topics: int = Field(
+        1, ge=1, le=4096,
+        description="synthetic: independent languages (topics), one per document; > 1 adds a "
+        "marker token per topic at each document's start",
+    )
+    synthetic_doc_tokens: int = Field(
+        256, ge=3, description="synthetic, topics > 1: tokens per document, marker included"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -67,11 +75,22 @@ class DataConfig(Frozen):
                 f"synthetic_branching ({self.synthetic_branching}) must be <= synthetic_vocab "
                 f"({self.synthetic_vocab})"
             )
-        contexts = self.synthetic_vocab**self.synthetic_order
+        contexts = self.synthetic_vocab**self.synthetic_order * self.synthetic_topics
         if self.corpus == "synthetic" and contexts > SYNTHETIC_MAX_CONTEXTS:
             raise ValueError(
-                f"synthetic_vocab ** synthetic_order ({self.synthetic_vocab} ** "
-                f"{self.synthetic_order} = {contexts}) must be <= {SYNTHETIC_MAX_CONTEXTS} contexts"
+                f"synthetic_vocab ** synthetic_order x synthetic_topics ({self.synthetic_vocab} "
+                f"** {self.synthetic_order} x {self.synthetic_topics} = {contexts}) must be <= "
+                f"{SYNTHETIC_MAX_CONTEXTS} contexts"
+            )
+        if self.synthetic_topics > 1 and self.synthetic_doc_tokens < self.synthetic_order + 2:
+            raise ValueError(
+                f"synthetic_doc_tokens ({self.synthetic_doc_tokens}) must be >= synthetic_order "
+                f"+ 2 ({self.synthetic_order + 2}): a marker, a context and one transition"
+            )
+        if self.n_vocab > 65536:
+            raise ValueError(
+                f"synthetic_vocab + synthetic_topics ({self.n_vocab}) must be <= 65536 "
+                "(tokens are stored as uint16)"
             )
         if self.corpus == "synthetic" and contexts * self.synthetic_branching > (
             SYNTHETIC_MAX_TRANSITIONS
@@ -91,7 +110,8 @@ class DataConfig(Frozen):
     def n_vocab(self) -> int:
         """Size of the token vocabulary this data produces."""
         if self.corpus == "synthetic":
-            return self.synthetic_vocab
+            markers = self.synthetic_topics if self.synthetic_topics > 1 else 0
+            return self.synthetic_vocab + markers
         if self.corpus == "tokens":
             return self.vocab_size or 65536
         return self.bpe_vocab_size if self.tokenizer == "bpe" else 256

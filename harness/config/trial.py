@@ -53,7 +53,7 @@ class AttentionConfig(Frozen):
 
 DEEPSEEK_BIAS_RATE = 1e-3
 """DeepSeek-V3's aux-loss-free bias step u (report §4.2: 0.001 for the first 14.3T tokens)."""
-BIAS_TRAVEL = 5.0
+BIAS_TRAVEL = 2.5
 """Default ``bias_travel``: u x steps for runs too short for DeepSeek's u (calibrated in
 docs/design.md, routing calibration)."""
 
@@ -230,6 +230,11 @@ ARM_NOT_NAME = {
 to write instead."""
 
 
+ROUTER_LR = 2e-3
+"""Default peak lr of the MoE router (AdamW): at harness scale the embeddings' lr (0.02 in Muon
+runs) collapses the expert load in the first steps (docs/design.md, routing calibration)."""
+
+
 class OptimConfig(Frozen):
     """Optimizer arm: AdamW, or Muon for hidden matrices (+ AdamW for the rest); QK-Clip on top."""
 
@@ -239,7 +244,7 @@ class OptimConfig(Frozen):
         None, gt=0, description="Muon runs: peak lr of the AdamW part (null = lr)"
     )
     router_lr: float | None = Field(
-        None, gt=0, description="peak lr of the MoE router weights (null = the AdamW lr)"
+        ROUTER_LR, gt=0, description="peak lr of the MoE router weights (null = the AdamW lr)"
     )
     router_weight_decay: float | None = Field(
         None, ge=0, description="weight decay of the MoE router weights (null = weight_decay)"

@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,10 @@ from harness.data.synthetic import (
     SEGMENT_TOKENS,
     ZIPF_EXPONENT,
     MarkovLanguage,
+    TopicLanguage,
     make_language,
+    make_topics,
+    sample_documents,
     sample_tokens,
     synthetic_entropy,
 )
@@ -202,6 +206,8 @@ def _load_synthetic(cfg: DataConfig, root: Path) -> TokenData:
         "dirichlet_alpha": DIRICHLET_ALPHA,
         "segment_tokens": SEGMENT_TOKENS,
     }
+    if cfg.synthetic_topics > 1:
+        settings |= {"topics": cfg.synthetic_topics, "doc_tokens": cfg.synthetic_doc_tokens}
     key = cache_key(**settings)
     hit = load_streams(root, key)
     if hit is not None:
@@ -210,22 +216,20 @@ def _load_synthetic(cfg: DataConfig, root: Path) -> TokenData:
         return TokenData(streams["train"], streams["val"], cfg.n_vocab, meta, meta["entropy"],
                          test=streams["test"])
 
-    lang = make_language(
-        cfg.synthetic_vocab, cfg.synthetic_order, cfg.synthetic_branching, cfg.synthetic_seed
-    )
+    lang, sample = _synthetic_language(cfg)
     log.info(
         "synthetic language: %d contexts, entropy %.4f nats/token", lang.n_contexts, lang.entropy
     )
     seed = cfg.synthetic_seed
     sizes = {"train": cfg.synthetic_tokens, "val": cfg.val_tokens, "test": cfg.eval_test_tokens}
     streams = {
-        name: sample_tokens(lang, n, np.random.Generator(np.random.PCG64([seed, stream])))
+        name: sample(n, np.random.Generator(np.random.PCG64([seed, stream])))
         for stream, (name, n) in enumerate(sizes.items(), start=1)
     }
     train, val = streams["train"], streams["val"]
     meta = settings | {
         "contexts": lang.n_contexts,
-        "support_contexts": int(np.count_nonzero(lang.stationary)),
+        "support_contexts": _support(lang),
         "entropy": lang.entropy,
         "sha256": hashlib.sha256(train.tobytes() + val.tobytes()).hexdigest(),
         "train_tokens": len(train),
@@ -237,6 +241,25 @@ def _load_synthetic(cfg: DataConfig, root: Path) -> TokenData:
     }
     save_streams(root, key, streams, meta)
     return TokenData(train, val, cfg.n_vocab, meta, lang.entropy, test=streams["test"])
+
+
+Sampler = Callable[[int, np.random.Generator], np.ndarray]
+
+
+def _synthetic_language(cfg: DataConfig) -> tuple[MarkovLanguage | TopicLanguage, Sampler]:
+    """The configured language and a sampler of ``n`` tokens of it."""
+    shape = (cfg.synthetic_vocab, cfg.synthetic_order, cfg.synthetic_branching, cfg.synthetic_seed)
+    if cfg.synthetic_topics > 1:
+        topics = make_topics(*shape, cfg.synthetic_topics, cfg.synthetic_doc_tokens)
+        return topics, lambda n, rng: sample_documents(topics, n, rng)
+    lang = make_language(*shape)
+    return lang, lambda n, rng: sample_tokens(lang, n, rng)
+
+
+def _support(lang: MarkovLanguage | TopicLanguage) -> int:
+    """Contexts the sampled stream can visit (the closed classes sampled from)."""
+    langs = lang.topics if isinstance(lang, TopicLanguage) else (lang,)
+    return sum(int(np.count_nonzero(la.stationary)) for la in langs)
 
 
 def train_batch(
@@ -300,11 +323,14 @@ __all__ = [
     "Document",
     "MarkovLanguage",
     "TokenData",
+    "TopicLanguage",
     "eval_batches",
     "eval_windows",
     "load_data",
     "make_language",
+    "make_topics",
     "read_shard",
+    "sample_documents",
     "sample_tokens",
     "split_ids",
     "stdlib_files",

@@ -150,8 +150,13 @@ def stationary_distribution(P: csr_matrix, support: np.ndarray) -> np.ndarray:
     raise RuntimeError(f"stationary law did not converge in {_POWER_MAX_ITERS} iterations")
 
 
-def make_language(vocab: int, order: int, branching: int, seed: int) -> MarkovLanguage:
-    """Build the synthetic language of (vocab, order, branching, seed); see module docstring."""
+def make_language(
+    vocab: int, order: int, branching: int, seed: int, topic: int = 0
+) -> MarkovLanguage:
+    """Build the synthetic language of (vocab, order, branching, seed); see module docstring.
+
+    ``topic`` > 0 draws another, independent language of the same shape (:class:`TopicLanguage`);
+    topic 0 is the language of ``seed`` itself."""
     n_ctx = vocab**order
     if n_ctx > SYNTHETIC_MAX_CONTEXTS or n_ctx * branching > SYNTHETIC_MAX_TRANSITIONS:
         raise ValueError(
@@ -161,7 +166,7 @@ def make_language(vocab: int, order: int, branching: int, seed: int) -> MarkovLa
         )
     if not 1 <= branching <= vocab:
         raise ValueError(f"synthetic_branching ({branching}) must be in [1, {vocab}]")
-    rng = np.random.Generator(np.random.PCG64([seed, 0]))
+    rng = np.random.Generator(np.random.PCG64([seed, 0] + ([topic] if topic else [])))
     w = 1.0 / np.arange(1, vocab + 1) ** ZIPF_EXPONENT
     w /= w.sum()  # (V,)
     succ = _distinct_successors(rng, n_ctx, w, branching)  # (C, b)
@@ -178,9 +183,111 @@ def make_language(vocab: int, order: int, branching: int, seed: int) -> MarkovLa
     return MarkovLanguage(vocab, order, succ, probs, pi, float(pi @ h_ctx))
 
 
-def synthetic_entropy(vocab: int, order: int, branching: int, seed: int) -> float:
-    """Exact entropy rate, nats per token, of the synthetic language (vocab, order, b, seed)."""
+def synthetic_entropy(
+    vocab: int, order: int, branching: int, seed: int, topics: int = 1, doc_tokens: int = 256
+) -> float:
+    """Exact entropy rate, nats per token, of the synthetic language (vocab, order, b, seed);
+    with ``topics`` > 1, of the :class:`TopicLanguage` with documents of ``doc_tokens``."""
+    if topics > 1:
+        return make_topics(vocab, order, branching, seed, topics, doc_tokens).entropy
     return make_language(vocab, order, branching, seed).entropy
+
+
+@dataclass(frozen=True, eq=False)
+class TopicLanguage:
+    """A mixture of ``n`` independent Markov languages ("topics") over one vocabulary of V tokens.
+
+    The stream is a sequence of documents of ``doc_tokens`` tokens each: a marker token ``V + t``
+    naming the document's topic t (uniform over topics, independent across documents), then
+    L = doc_tokens - 1 tokens of topic t's chain, started from its stationary law. Every topic has
+    its own transition table, so a model that predicts all of them must store ``n`` times the
+    transitions of one: total capacity matters at fixed active compute, while the entropy rate
+    stays exact. Per document (topic t, order k, H0_t the entropy of topic t's stationary law over
+    contexts, H_t its entropy rate)::
+
+        H_doc = log n + mean_t (H0_t + (L - k) H_t),    H = H_doc / doc_tokens  nats per token,
+
+    because the marker reveals the topic and a document is independent of the ones before it. A
+    model reading windows of T + 1 tokens must infer the topic of a window's first, partial
+    document from its transitions, so its floor is H plus that identification cost (about
+    log n nats once per window whose start is not a marker).
+    """
+
+    topics: tuple[MarkovLanguage, ...]
+    doc_tokens: int
+
+    @property
+    def vocab(self) -> int:
+        """Tokens of the chains (markers come after them)."""
+        return self.topics[0].vocab
+
+    @property
+    def n_vocab(self) -> int:
+        """Chain tokens plus one marker per topic."""
+        return self.vocab + len(self.topics)
+
+    @property
+    def n_contexts(self) -> int:
+        return sum(lang.n_contexts for lang in self.topics)
+
+    @property
+    def doc_entropy(self) -> float:
+        """Exact entropy of one document, nats (see the class docstring)."""
+        chain = self.doc_tokens - 1
+        per_topic = [_context_entropy(lang) + (chain - lang.order) * lang.entropy
+                     for lang in self.topics]
+        return float(np.log(len(self.topics)) + np.mean(per_topic))
+
+    @property
+    def entropy(self) -> float:
+        """Exact entropy rate of the stream, nats per token."""
+        return self.doc_entropy / self.doc_tokens
+
+    def log_probs(self, tokens: np.ndarray) -> np.ndarray:
+        """``log p`` of every token of whole documents (``tokens`` a multiple of doc_tokens,
+        starting at a marker): the marker's ``-log n``, the first k chain tokens' stationary
+        probability, then the chain's transitions. Sums to a sample of ``H_doc`` per document."""
+        docs = np.asarray(tokens, dtype=np.int64).reshape(-1, self.doc_tokens)
+        out = np.empty(docs.shape, dtype=np.float64)
+        out[:, 0] = -np.log(len(self.topics))
+        for d, doc in enumerate(docs):
+            lang = self.topics[int(doc[0]) - self.vocab]
+            k = lang.order
+            ctx = int(np.ravel_multi_index(tuple(doc[1 : 1 + k]), (lang.vocab,) * k))
+            out[d, 1 : 1 + k] = 0.0
+            out[d, 1] = np.log(lang.stationary[ctx] / lang.stationary.sum())
+            out[d, 1 + k :] = lang.log_probs(doc[1:])
+        return out.ravel()
+
+
+def _context_entropy(lang: MarkovLanguage) -> float:
+    """Entropy, nats, of the stationary law over contexts (the first k tokens of a document)."""
+    pi = lang.stationary[lang.stationary > 0] / lang.stationary.sum()
+    return float(-(pi * np.log(pi)).sum())
+
+
+def make_topics(vocab: int, order: int, branching: int, seed: int, n_topics: int,
+                doc_tokens: int) -> TopicLanguage:
+    """The :class:`TopicLanguage` of ``n_topics`` languages (topic 0 is ``seed``'s own)."""
+    if doc_tokens < order + 2:
+        raise ValueError(f"synthetic_doc_tokens ({doc_tokens}) must be >= order + 2")
+    langs = tuple(make_language(vocab, order, branching, seed, topic=t) for t in range(n_topics))
+    return TopicLanguage(langs, doc_tokens)
+
+
+def sample_documents(topics: TopicLanguage, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` tokens (uint16) of whole documents of ``topics``, the last one cut at ``n``."""
+    D, V = topics.doc_tokens, topics.vocab
+    n_docs = -(-n // D)
+    which = rng.integers(len(topics.topics), size=n_docs)  # (n_docs,) topic of each document
+    out = np.empty((n_docs, D), dtype=np.uint16)
+    out[:, 0] = V + which
+    for t, lang in enumerate(topics.topics):
+        rows = np.flatnonzero(which == t)
+        if rows.size:
+            body = sample_tokens(lang, rows.size * (D - 1), rng, segment=D - 1)
+            out[rows, 1:] = body.reshape(rows.size, D - 1)
+    return out.ravel()[:n]
 
 
 def sample_tokens(
