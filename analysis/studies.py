@@ -359,6 +359,7 @@ def study(name: str, collected: Collected, spec: AnalysisSpec, axes: list[str] |
     final_losses(runs, order, parts, name)
     if spec.kind != "logits":
         traces(runs, collected.curves, order, parts, name, spec.best_of)
+    health = routing(runs, collected.curves, parts)
     keep = [c for c in ("run_id", "name", "status", "arm_label", "condition", "seed",
                         spec.best_of, "tokens", "flops", "final_train_loss", "final_val_loss",
                         "params_active", "params_total", "sparsity", "selected")
@@ -372,7 +373,6 @@ def study(name: str, collected: Collected, spec: AnalysisSpec, axes: list[str] |
         tables["multipliers"] = pd.concat([m.table() for m in parts.law.pairs],
                                           ignore_index=True)
     logits = _logits(parts.tables.get("max_logit"), base) if spec.kind == "logits" else None
-    health = routing(runs, collected.curves, parts)
     heads = headlines(name, spec.claim, evidence(runs, spec, base, parts, health), spec.edge)
     if logits is not None:
         heads = [cap_headline(name, logits, spec.claim.differ if spec.claim else ""), *heads]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.config import AttentionConfig, ModelConfig, MoEConfig, OptimConfig
+from harness.config.trial import ROUTER_LR
 from harness.model.transformer import Transformer
 from harness.optim import CombinedOptimizer, Muon, build_optimizer, describe_groups
 
@@ -73,7 +74,8 @@ def test_muon_groups_partition_the_model(tie: bool, q_lora_rank: int) -> None:
     assert any(n.endswith("ffn.gate.weight") for n in adamw)
     for g in opt.param_groups:
         assert g["kind"] == ("muon" if g["name"] == "muon" else "adamw")
-        assert g["base_lr"] == (0.02 if g["kind"] == "muon" else 3e-3)
+        expected = {"muon": 0.02, "router": ROUTER_LR}.get(g["name"], 3e-3)
+        assert g["base_lr"] == expected
         assert g["lr"] == g["base_lr"]
     desc = describe_groups(opt)
     assert set(desc) == {"muon", "adamw_decay", "router", "adamw_no_decay"}
@@ -156,7 +158,8 @@ def test_router_has_its_own_lr_and_weight_decay(name: str) -> None:
     router = groups["router"]
     assert router["base_lr"] == 5e-4 and router["weight_decay"] == 0.0
     assert len(router["params"]) == model.cfg.n_moe_layers
-    default = {g["name"]: g for g in build_optimizer(model, OptimConfig(name=name, lr=0.02,
-                                                                       adamw_lr=3e-3)).param_groups}
+    tied = OptimConfig(name=name, lr=0.02, adamw_lr=3e-3, router_lr=None)
+    default = {g["name"]: g for g in build_optimizer(model, tied).param_groups}
     assert default["router"]["base_lr"] == default["adamw_decay"]["base_lr"]
     assert default["router"]["weight_decay"] == default["adamw_decay"]["weight_decay"]
+    assert OptimConfig().router_lr == ROUTER_LR

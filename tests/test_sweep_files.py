@@ -128,15 +128,26 @@ def test_muonclip_has_off_k2_and_small_tau() -> None:
     assert all(t.optim.name == "muon" for t in ts)
 
 
-def test_sparsity_balanced_profile_changes_only_the_bias_step() -> None:
-    """The follow-up reruns a subset of the CPU sparsity trials with a 10x faster bias step."""
-    plain = {(t.model.moe.n_routed_experts, t.train.tokens): t for t in trials("sparsity")}
-    balanced = trials("sparsity", "balanced")
-    assert load_sweep(ROOT / "sweeps" / "sparsity.yaml", "balanced").name == "sparsity-balanced"
-    assert {1, 32} <= {t.model.sparsity for t in balanced}
-    for t in balanced:
-        twin = plain[(t.model.moe.n_routed_experts, t.train.tokens)]
-        assert t.model.moe.bias_update_rate == 10 * twin.model.moe.bias_update_rate
-        moe = t.model.moe.model_copy(update={"bias_update_rate": twin.model.moe.bias_update_rate})
-        assert t.model_copy(update={"model": t.model.model_copy(update={"moe": moe})}) == twin
-    assert sum(t.total_flops for t in balanced) <= CPU_FLOP_BUDGET
+def test_sparsity_control_is_the_sparsity_instrument_on_topic_data() -> None:
+    """The control changes the data (topics), the expert counts and the seeds, nothing else."""
+    plain = {t.model.moe.n_routed_experts: t for t in trials("sparsity")}
+    control = trials("sparsity_control")
+    assert sum(t.total_flops for t in control) <= CPU_FLOP_BUDGET
+    assert {t.model.sparsity for t in control} >= {1, 16}
+    assert len({t.train.seed for t in control}) >= 3  # seed bootstrap estimable
+    for t in control:
+        twin = plain[t.model.moe.n_routed_experts]
+        assert t.data.corpus == "synthetic" and t.data.synthetic_topics > 1
+        assert t.model.model_copy(update={"vocab_size": twin.model.vocab_size}) == twin.model
+        assert t.optim == twin.optim
+        assert t.train.model_copy(update={"tokens": twin.train.tokens, "seed": 0}) == twin.train
+    spec = load_sweep(ROOT / "sweeps" / "sparsity_control.yaml").analysis
+    assert spec.kind == "sparsity" and spec.claim is not None and spec.claim.kind == "effect"
+
+
+def test_routing_calibration_pins_what_it_calibrates() -> None:
+    """The calibration grid names its bias travel, so changing the default keeps its runs."""
+    ts = trials("routing")
+    assert {t.model.moe.bias_travel for t in ts} == {5.0}
+    assert None in {t.optim.router_lr for t in ts}
+    assert sum(t.total_flops for t in ts) <= CPU_FLOP_BUDGET

@@ -154,3 +154,31 @@ def test_noise_mde_and_seeds_needed() -> None:
     assert noise_of(["a", "b", "c"], [0.0, 0.01, 0.02]).source == "conditions"
     assert seeds_needed(0.01, 0.01) == 8  # (2.80 x 1)^2 = 7.85
     assert seeds_needed(0.01, 0.01, equivalence=True) == 11  # (3.24)^2 = 10.5
+
+
+def with_routing(data: Collected, collapsed: dict[str, int]) -> Collected:
+    """``data`` with MoE curves: the first ``collapsed[arm]`` runs of an arm end with dead
+    experts (collapsed), the others balanced."""
+    curves = data.curves.copy()
+    curves["moe/imbalance"] = 1.2
+    curves["moe/dead_experts"] = 0.0
+    for arm, n in collapsed.items():
+        runs = data.runs.loc[data.runs["arm"] == arm, "run_id"].head(n)
+        hit = curves["run_id"].isin(runs)
+        curves.loc[hit, "moe/imbalance"] = 9.0
+        curves.loc[hit & (curves["step"] == curves["step"].max()), "moe/dead_experts"] = 3.0
+    return Collected(data.runs, curves)
+
+
+def test_an_arm_whose_routing_collapsed_is_inconclusive_not_evidence() -> None:
+    data = planted(1.3, noise=0.005)
+    n_new = int((data.runs["arm"] == "new").sum())
+    verdict, why = verdict_of(with_routing(data, {}), EFFECT)
+    assert verdict is Verdict.AGREES, why
+    assert f"routing healthy in {n_new}/{n_new} of" in why
+    verdict, why = verdict_of(with_routing(data, {"new": n_new // 2 + 1}), EFFECT)
+    assert verdict is Verdict.INCONCLUSIVE and "routing collapsed" in why, why
+    result = study("planted", with_routing(data, {"new": 2}), AnalysisSpec.model_validate(
+        {"kind": "multiplier", "baseline": "base"}), AXES, n_boot=20)
+    assert "routing" in result.tables and int(result.tables["routing"]["collapsed"].sum()) == 2
+    assert any("Collapsed:" in f.text for f in result.findings)

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from sweeptools import harness, write_sweep
 
 from harness.config import SweepConfig, TrialConfig, flatten, load_sweep
-from harness.naming import _SHORT, run_name
+from harness.naming import _SHORT, NULL_MEANS, run_name
 
 ROOT = Path(__file__).resolve().parents[2]
 SWEEPS = sorted((ROOT / "sweeps").glob("*.yaml"))
@@ -46,7 +46,7 @@ def old_name(trial: TrialConfig, sweep: SweepConfig) -> str:
         if key in ("optim.name", "train.seed"):
             continue
         label = _SHORT.get(key)
-        value = _old_fmt(flat[key]) if flat.get(key) is not None else "off"
+        value = _old_fmt(flat[key]) if flat.get(key) is not None else NULL_MEANS.get(key, "off")
         parts.append(f"{label}{value}" if label else f"{key.rsplit('.', 1)[-1]}={value}")
     return "-".join([*parts, trial.optim.arm, f"s{trial.train.seed}"])
 
