@@ -20,8 +20,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# Two passes: the tests that neither start Ray nor wait on deadlines on two workers, then those
+# (marked serial by tests/conftest.py) alone.
 test: setup
-	$(BIN)/python -m pytest -q -m "not ui and not reliability_slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not ui and not reliability_slow and not serial"
+	$(BIN)/python -m pytest -q -m "serial and not ui and not reliability_slow"
 
 # Every fault-injection test, the long ones too (chaos sweep, MLflow server restart, 8-trial
 # load): about 10 minutes on 2 cores. The short ones also run in `make test`.

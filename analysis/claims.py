@@ -11,9 +11,10 @@ final-loss change at the largest common budget) and its kind:
   (Schuirmann 1987; a 95% interval inside the margin is TOST at alpha 0.025 per side);
   disagrees when the interval lies entirely outside the margin.
 
-Anything else is *inconclusive*, and so is a claim on an arm (or against a baseline) where most
-runs' routing collapsed (:mod:`harness.routing`: such runs say nothing about the experts), an
-estimate that is not estimable and, unless the
+Anything else is *inconclusive*, and so is, where the spec's ``collapsed`` rule says so (the
+default for sparsity studies), a claim on an arm (or against a baseline) where most runs' routing
+collapsed (:mod:`harness.routing`: such runs say nothing about the experts); an estimate that is
+not estimable; and, unless the
 spec says ``edge: allow``, a claim read on a cell whose best ``best_of`` value sits at the edge
 of its own grid. Every row also gives the paired final-loss change at the largest budget,
 the minimum detectable effect and the seeds a design like this one needs to detect the
@@ -109,17 +110,19 @@ def health_text(ev: Evidence) -> str:
     return f"routing healthy in {', '.join(parts)} runs" if parts else ""
 
 
-def judge(claim: ClaimSpec, ev: Evidence, edge: str = "inconclusive") -> tuple[Verdict, str]:
-    """Verdict and its reason for one claimed arm (module docstring)."""
-    verdict, why = _judge(claim, ev, edge)
+def judge(claim: ClaimSpec, ev: Evidence, edge: str = "inconclusive",
+          collapsed: str = "inconclusive") -> tuple[Verdict, str]:
+    """Verdict and its reason for one claimed arm (module docstring); ``edge`` and
+    ``collapsed`` are the spec's rules for grid edges and collapsed routing."""
+    verdict, why = _judge(claim, ev, edge, collapsed)
     health = health_text(ev)
     return verdict, f"{why}; {health}" if health else why
 
 
-def _judge(claim: ClaimSpec, ev: Evidence, edge: str) -> tuple[Verdict, str]:
-    collapsed = collapsed_side(ev)
-    if collapsed is not None:
-        return Verdict.INCONCLUSIVE, f"{collapsed}: not evidence about the experts"
+def _judge(claim: ClaimSpec, ev: Evidence, edge: str, collapsed: str) -> tuple[Verdict, str]:
+    side = collapsed_side(ev) if collapsed == "inconclusive" else None
+    if side is not None:
+        return Verdict.INCONCLUSIVE, f"{side}: not evidence about the experts"
     est = read_out(claim, ev)
     edges = _edges(claim, ev)
     at_edge = (f"the best learning rate sits at the edge of its own grid in {len(edges)} cell"
@@ -160,13 +163,13 @@ def power_text(claim: ClaimSpec, ev: Evidence) -> str:
 
 
 def headlines(study: str, claim: ClaimSpec | None, evidence: list[Evidence],
-              edge: str = "inconclusive") -> list[Headline]:
+              edge: str = "inconclusive", collapsed: str = "inconclusive") -> list[Headline]:
     """Summary rows of a multiplier or sparsity study: one per claimed arm present."""
     if claim is None:
         return []
     out = []
     for ev in evidence:
-        verdict, why = judge(claim, ev, edge)
+        verdict, why = judge(claim, ev, edge, collapsed)
         if claim.measure == "loss":
             ours = percent(ev.change.largest) if ev.change is not None else "no paired runs"
             if ev.multiplier is not None and ev.multiplier.read is not None:

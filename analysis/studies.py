@@ -373,7 +373,8 @@ def study(name: str, collected: Collected, spec: AnalysisSpec, axes: list[str] |
         tables["multipliers"] = pd.concat([m.table() for m in parts.law.pairs],
                                           ignore_index=True)
     logits = _logits(parts.tables.get("max_logit"), base) if spec.kind == "logits" else None
-    heads = headlines(name, spec.claim, evidence(runs, spec, base, parts, health), spec.edge)
+    heads = headlines(name, spec.claim, evidence(runs, spec, base, parts, health), spec.edge,
+                      spec.collapse_rule)
     if logits is not None:
         heads = [cap_headline(name, logits, spec.claim.differ if spec.claim else ""), *heads]
     return Study(name, spec.kind, description, summary, tuple(parts.findings), tables,

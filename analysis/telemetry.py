@@ -172,8 +172,9 @@ HEALTH_COLUMNS = ["run_id", "name", "arm", "peak_imbalance", "balanced_step",
 def _rows(g: pd.DataFrame) -> list[tuple[int, dict[str, float]]]:
     """One run's curve rows as the trainer logged them: (step, metrics present at that step)."""
     cols = [c for c in g.columns if c.startswith("moe/")]
-    return [(int(r["step"]), {c: float(r[c]) for c in cols if pd.notna(r[c])})
-            for _, r in g.sort_values("step").iterrows()]
+    g = g.sort_values("step")
+    return [(int(step), {c: float(v) for c, v in zip(cols, values, strict=True) if v == v})
+            for step, values in zip(g["step"], g[cols].to_numpy(dtype=float), strict=True)]
 
 
 def routing_health_table(runs: Runs, curves: pd.DataFrame) -> pd.DataFrame:
@@ -211,8 +212,7 @@ def health_sentence(table: pd.DataFrame) -> str:
     text = (f"Routing health ({len(table) - len(collapsed)} of {len(table)} used runs healthy; "
             f"healthy / judged by arm: {counts}). A run is collapsed when an expert got no "
             f"tokens in its last logging window, its load never balanced (max / mean <= "
-            f"{BALANCED:g}) or it ended unbalanced (last-quarter mean > {COLLAPSED:g}); a "
-            "claim on an arm where most runs collapsed is inconclusive.")
+            f"{BALANCED:g}) or it ended unbalanced (last-quarter mean > {COLLAPSED:g}).")
     if len(collapsed):
         text += " Collapsed: " + ", ".join(
             f"{r.name} ({int(r.dead_experts)} dead, last quarter {r.last_quarter_imbalance:.1f})"

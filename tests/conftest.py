@@ -1,10 +1,29 @@
-"""Shared fixtures: a temporary project folder for tests that drive the CLI, Ray and MLflow."""
+"""Shared fixtures: a temporary project folder for tests that drive the CLI, Ray and MLflow.
+
+``make test`` runs the suite in two passes: every test not marked ``serial`` on two pytest-xdist
+workers, then the ``serial`` ones alone. A module that starts Ray (a real submit, a cluster) or
+waits on wall-clock deadlines is ``serial`` (:data:`SERIAL_MODULES`), so no two Ray clusters
+share the machine and no deadline races another worker for the cores.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+SERIAL_MODULES = frozenset({
+    "test_launch", "test_cli", "test_drivers", "test_chaos", "test_load", "test_security",
+    "test_storage_faults", "test_tracking_faults", "test_storage_full_sweep", "test_bad_input",
+    "test_ui_browser",
+})
+"""Test modules that start Ray or wait on deadlines: run alone, after the parallel pass."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SERIAL_MODULES:
+            item.add_marker(pytest.mark.serial)
 
 
 @pytest.fixture

@@ -176,8 +176,11 @@ def test_an_arm_whose_routing_collapsed_is_inconclusive_not_evidence() -> None:
     verdict, why = verdict_of(with_routing(data, {}), EFFECT)
     assert verdict is Verdict.AGREES, why
     assert f"routing healthy in {n_new}/{n_new} of" in why
-    verdict, why = verdict_of(with_routing(data, {"new": n_new // 2 + 1}), EFFECT)
+    verdict, why = verdict_of(with_routing(data, {"new": n_new // 2 + 1}), EFFECT,
+                              collapsed="inconclusive")
     assert verdict is Verdict.INCONCLUSIVE and "routing collapsed" in why, why
+    verdict, why = verdict_of(with_routing(data, {"new": n_new // 2 + 1}), EFFECT)
+    assert verdict is Verdict.AGREES and f"{n_new // 2 - 1}/{n_new} of new" in why, why
     result = study("planted", with_routing(data, {"new": 2}), AnalysisSpec.model_validate(
         {"kind": "multiplier", "baseline": "base"}), AXES, n_boot=20)
     assert "routing" in result.tables and int(result.tables["routing"]["collapsed"].sum()) == 2

@@ -171,8 +171,19 @@ class AnalysisSpec(Frozen):
         "inconclusive", description="best_of chosen at the smallest or largest value of its arm's "
         "own grid in a cell: inconclusive makes the verdict of a claim that reads that cell "
         "inconclusive (the optimum may lie outside the grid); allow only warns")
+    collapsed: Literal["inconclusive", "report"] | None = Field(
+        None, description="runs whose routing collapsed (harness.routing): inconclusive makes "
+        "the verdict on an arm (or baseline) where most runs collapsed inconclusive; report only "
+        "counts them in the verdict (null: inconclusive for kind sparsity, else report)")
     claim: ClaimSpec | None = Field(None, description="the published claim the sweep tests; "
                                     "none: no verdict, the study is descriptive")
+
+    @property
+    def collapse_rule(self) -> str:
+        """``collapsed`` with its default by kind resolved."""
+        if self.collapsed is not None:
+            return self.collapsed
+        return "inconclusive" if self.kind == "sparsity" else "report"
 
     @model_validator(mode="after")
     def _claim_fits_kind(self) -> Self:

@@ -34,7 +34,7 @@ def init_ray(address: str | None) -> None:
     for quiet in ("ray.tune.analysis", "ray.tune.tune", "ray._private.authentication"):
         logging.getLogger(quiet).setLevel(logging.ERROR)
     ray.init(
-        address=address,
+        address=address or "local",  # None would join a `ray start` cluster found on the machine
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=True,
