@@ -185,7 +185,7 @@ def routing_health_table(runs: Runs, curves: pd.DataFrame) -> pd.DataFrame:
     info = runs.frame.drop_duplicates("run_id").set_index("run_id")
     out = []
     for run, g in curves[curves["run_id"].isin(info.index)].groupby("run_id", sort=False):
-        health = routing_health(_rows(g), 0.0, 0)
+        health = routing_health(_rows(g), 0.0)
         if health is None:
             continue
         saturation = info.at[run, "routing/bias_saturation"] if (

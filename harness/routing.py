@@ -37,7 +37,7 @@ class RoutingHealth:
     balanced_step: int | None  # first logged step with window imbalance <= BALANCED, or None
     last_quarter_imbalance: float  # mean window imbalance over the last quarter of steps
     dead_experts: int  # experts with no tokens in the last logging window, summed over layers
-    bias_saturation: float  # largest bias range over layers / (2 u steps); 1 = two experts'
+    bias_saturation: float  # largest bias range over layers / (2 x travel); 1 = two experts'
     # biases moved apart at the full rate every step
 
     @property
@@ -60,9 +60,10 @@ class RoutingHealth:
         return m
 
 
-def routing_health(rows: Rows, rate: float, steps: int) -> RoutingHealth | None:
+def routing_health(rows: Rows, travel: float) -> RoutingHealth | None:
     """Health from a run's logged rows (step, metrics); None for a dense model (no
-    ``moe/imbalance``). ``rate`` is the bias step u and ``steps`` the steps trained."""
+    ``moe/imbalance``). ``travel``: how far one bias could move over the steps trained (the sum
+    of the bias steps, ``MoEConfig.bias_travel``; 0 = unknown)."""
     moe = [(s, m) for s, m in rows if "moe/imbalance" in m]
     if not moe:
         return None
@@ -71,8 +72,8 @@ def routing_health(rows: Rows, rate: float, steps: int) -> RoutingHealth | None:
     balanced = next((s for s, m in moe if m["moe/imbalance"] <= BALANCED), None)
     peak = max(m.get("moe/imbalance_peak", m["moe/imbalance"]) for _, m in moe)
     ranges = [v for k, v in moe[-1][1].items() if k.startswith("moe/bias_range/")]
-    travel = 2 * rate * steps  # two biases moving apart at the full rate every step
-    saturation = max(ranges) / travel if ranges and travel > 0 else math.nan
+    # two biases moving apart at the full rate every step end 2 x travel apart
+    saturation = max(ranges) / (2 * travel) if ranges and travel > 0 else math.nan
     return RoutingHealth(
         peak_imbalance=float(peak),
         balanced_step=balanced,

@@ -107,7 +107,6 @@ class Trainer:
         self.flops_per_token = trial.model.flops_per_token(tc.seq_len)
         self.val, self.test = eval_sets(trial, data)
         self.autocast = device.type == "cuda"
-        self.bias_rate = trial.model.moe.bias_rate(tc.steps)
         self.step = 0
         self.rows: list[tuple[int, dict[str, float]]] = []
         self.run_max_logits: torch.Tensor | None = None
@@ -176,7 +175,7 @@ class Trainer:
         clipped = None
         if self.trial.optim.qk_clip_tau is not None:
             clipped = qk_clip_(self.model, self.trial.optim.qk_clip_tau, max_logits)
-        self.model.update_router_bias(loads, self.bias_rate)
+        self.model.update_router_bias(loads, self.trial.model.moe.bias_rate(self.step))
         self.step += 1
         tel = Telemetry(max_logits=max_logits, expert_load=loads, aux_loss=tel.aux_loss.detach())
         return total, gnorm, tel, clipped
@@ -255,7 +254,8 @@ class Trainer:
     def routing_metrics(self, last: dict[str, float]) -> dict[str, float]:
         """``routing/*`` health of the run so far (:mod:`harness.routing`), ``last`` the row
         being logged; {} for a dense model."""
-        health = routing_health([*self.rows, (self.step, last)], self.bias_rate, self.step)
+        travel = self.trial.model.moe.bias_travel(self.step)
+        health = routing_health([*self.rows, (self.step, last)], travel)
         return {} if health is None else health.metrics()
 
     def moe_layers(self) -> list[Any]:

@@ -23,28 +23,31 @@ def _rows(imbalances: list[float], dead_last: int = 0) -> list[tuple[int, dict[s
 
 
 def test_health_rule() -> None:
-    healthy = routing_health(_rows([9.0, 3.0, 1.5, 1.4, 1.3, 1.2, 1.3, 1.2]), 0.01, 64)
+    healthy = routing_health(_rows([9.0, 3.0, 1.5, 1.4, 1.3, 1.2, 1.3, 1.2]), 0.64)
     assert healthy is not None and not healthy.collapsed
     assert healthy.balanced_step == 24 and healthy.peak_imbalance == 18.0
-    assert healthy.bias_saturation == pytest.approx(0.1 / (2 * 0.01 * 64))
+    assert healthy.bias_saturation == pytest.approx(0.1 / (2 * 0.64))
     m = healthy.metrics()
     assert m[f"{PREFIX}collapsed"] == 0.0 and m[f"{PREFIX}balanced_step"] == 24.0
-    dead = routing_health(_rows([1.2] * 8, dead_last=3), 0.01, 64)
-    never = routing_health(_rows([2.5] * 8), 0.01, 64)
-    ended = routing_health(_rows([1.5] * 5 + [COLLAPSED + 1] * 3), 0.01, 64)
+    dead = routing_health(_rows([1.2] * 8, dead_last=3), 0.64)
+    never = routing_health(_rows([2.5] * 8), 0.64)
+    ended = routing_health(_rows([1.5] * 5 + [COLLAPSED + 1] * 3), 0.64)
     for health in (dead, never, ended):
         assert health is not None and health.collapsed
     assert never is not None and f"{PREFIX}balanced_step" not in never.metrics()
-    assert routing_health([(8, {"train/loss": 1.0})], 0.01, 64) is None  # a dense model
+    assert routing_health([(8, {"train/loss": 1.0})], 0.64) is None  # a dense model
 
 
-def test_bias_rate_follows_the_run_length() -> None:
+def test_bias_rate_is_a_schedule_of_the_step_alone() -> None:
     auto = MoEConfig()
     assert auto.bias_update_rate is None
-    assert auto.bias_rate(500) == pytest.approx(auto.bias_travel / 500)
+    assert auto.bias_rate(0) == auto.bias_rate_start
+    assert auto.bias_rate(auto.bias_rate_decay_steps) == pytest.approx(auto.bias_rate_start / 2)
     assert auto.bias_rate(10**7) == 1e-3  # long runs keep DeepSeek-V3's u
+    assert auto.bias_travel(3) == pytest.approx(sum(auto.bias_rate(t) for t in range(3)))
     assert MoEConfig(bias_update_rate=0.0).bias_rate(500) == 0.0
-    assert MoEConfig(bias_update_rate=2e-3).bias_rate(500) == 2e-3
+    fixed = MoEConfig(bias_update_rate=2e-3)
+    assert fixed.bias_rate(500) == 2e-3 and fixed.bias_travel(10) == pytest.approx(2e-2)
 
 
 ROUTED = {

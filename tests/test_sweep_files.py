@@ -146,8 +146,8 @@ def test_sparsity_control_is_the_sparsity_instrument_on_topic_data() -> None:
 
 
 def test_routing_calibration_pins_what_it_calibrates() -> None:
-    """The calibration grid names its bias travel, so changing the default keeps its runs."""
+    """The calibration grid names its bias steps, so changing the default keeps its runs."""
     ts = trials("routing")
-    assert {t.model.moe.bias_travel for t in ts} == {5.0}
+    assert None not in {t.model.moe.bias_update_rate for t in ts}
     assert None in {t.optim.router_lr for t in ts}
     assert sum(t.total_flops for t in ts) <= CPU_FLOP_BUDGET

@@ -53,9 +53,11 @@ class AttentionConfig(Frozen):
 
 DEEPSEEK_BIAS_RATE = 1e-3
 """DeepSeek-V3's aux-loss-free bias step u (report §4.2: 0.001 for the first 14.3T tokens)."""
-BIAS_TRAVEL = 2.5
-"""Default ``bias_travel``: u x steps for runs too short for DeepSeek's u (calibrated in
-docs/design.md, routing calibration)."""
+BIAS_RATE_START = 1e-2
+"""Default ``bias_rate_start``: the bias step of the first steps (calibrated in docs/design.md,
+routing calibration: u = 0.01 balances 64 experts within ~80 steps)."""
+BIAS_RATE_DECAY_STEPS = 1000
+"""Default ``bias_rate_decay_steps``: the step at which the bias step has halved."""
 
 
 class MoEConfig(Frozen):
@@ -72,13 +74,16 @@ class MoEConfig(Frozen):
     norm_topk_prob: bool = Field(True, description="normalise the top-k weights to sum 1")
     bias_update_rate: float | None = Field(
         None, ge=0,
-        description="aux-loss-free bias step u per optimizer step (0 = off; null = "
-        "max(0.001, bias_travel / train steps))",
+        description="aux-loss-free bias step u per optimizer step (0 = off; null = the schedule "
+        "max(0.001, bias_rate_start / (1 + step / bias_rate_decay_steps)))",
     )
-    bias_travel: float = Field(
-        BIAS_TRAVEL, gt=0,
-        description="bias_update_rate null: how far one expert's bias may move over the run "
-        "(u x steps), so one setting fits 500 steps and 50k",
+    bias_rate_start: float = Field(
+        BIAS_RATE_START, gt=0, description="bias_update_rate null: the bias step at step 0"
+    )
+    bias_rate_decay_steps: int = Field(
+        BIAS_RATE_DECAY_STEPS, gt=0,
+        description="bias_update_rate null: steps after which the bias step has halved; it "
+        "reaches DeepSeek-V3's 0.001 at 9x that",
     )
     seq_aux_alpha: float = Field(0.0, ge=0, description="sequence-wise balance loss weight")
 
@@ -115,16 +120,25 @@ class MoEConfig(Frozen):
         """Routed experts over active routed experts (K2 report §2.3)."""
         return self.n_routed_experts / self.top_k
 
-    def bias_rate(self, steps: int) -> float:
-        """The aux-loss-free bias step u of a run of ``steps`` optimizer steps.
+    def bias_rate(self, step: int) -> float:
+        """The aux-loss-free bias step u applied after optimizer step ``step`` (0-based).
 
-        ``bias_update_rate`` when set; else ``max(DEEPSEEK_BIAS_RATE, bias_travel / steps)``:
-        DeepSeek-V3's u = 0.001 (§4.2) for long runs, and for short ones a u large enough that a
-        bias can travel ``bias_travel`` over the run (docs/design.md, routing calibration).
+        ``bias_update_rate`` when set; else ``max(DEEPSEEK_BIAS_RATE, bias_rate_start / (1 +
+        step / bias_rate_decay_steps))``: fast while a short run's router settles, DeepSeek-V3's
+        u = 0.001 (§4.2) in long runs, and a function of the step alone, never of the budget,
+        so runs that differ only in ``train.tokens`` take the same steps (docs/design.md, routing
+        calibration).
         """
         if self.bias_update_rate is not None:
             return self.bias_update_rate
-        return max(DEEPSEEK_BIAS_RATE, self.bias_travel / max(steps, 1))
+        decayed = self.bias_rate_start / (1 + step / self.bias_rate_decay_steps)
+        return max(DEEPSEEK_BIAS_RATE, decayed)
+
+    def bias_travel(self, steps: int) -> float:
+        """How far one expert's bias can move in ``steps`` steps: the sum of their u."""
+        if self.bias_update_rate is not None:
+            return self.bias_update_rate * steps
+        return sum(self.bias_rate(t) for t in range(steps))
 
 
 class ModelConfig(Frozen):

@@ -127,7 +127,7 @@ class Transformer(nn.Module):
         """Aux-loss-free bias step for every MoE layer from its load (Lm, E) over the step.
 
         b_i += rate * sign(mean load - load_i) (DeepSeek-V3 §2.1.2); ``rate`` is
-        ``MoEConfig.bias_rate(steps)``. Call after each optimizer step with the load summed over
+        ``MoEConfig.bias_rate(step)``. Call after each optimizer step with the load summed over
         the step's micro-batches.
         """
         moes = self.moe_layers()
