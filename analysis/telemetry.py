@@ -165,6 +165,10 @@ def imbalance_summary(runs: Runs, curves: pd.DataFrame,
     return TraceSummary(table, Traces(pts, (), "", "arm"), tuple(sentences))
 
 
+CURRENT_SATURATION = {"routing/bias_saturation", "model.moe.bias_rate_start"}
+"""A run logged ``routing/bias_saturation`` on today's scale (range / 2 x travel) when it also
+logged the bias schedule's ``bias_rate_start``; earlier ones read NaN."""
+
 HEALTH_COLUMNS = ["run_id", "name", "arm", "peak_imbalance", "balanced_step",
                   "last_quarter_imbalance", "dead_experts", "bias_saturation", "collapsed"]
 
@@ -179,7 +183,8 @@ def _rows(g: pd.DataFrame) -> list[tuple[int, dict[str, float]]]:
 
 def routing_health_table(runs: Runs, curves: pd.DataFrame) -> pd.DataFrame:
     """Routing health of every run with MoE curves (:data:`HEALTH_COLUMNS`); empty for dense
-    sweeps. ``bias_saturation`` is the logged ``routing/bias_saturation`` (NaN for older runs)."""
+    sweeps. ``bias_saturation`` is the logged ``routing/bias_saturation`` (NaN for runs logged
+    before its scale, :data:`CURRENT_SATURATION`)."""
     if curves.empty or "moe/imbalance" not in curves.columns:
         return pd.DataFrame(columns=HEALTH_COLUMNS)
     info = runs.frame.drop_duplicates("run_id").set_index("run_id")
@@ -188,8 +193,9 @@ def routing_health_table(runs: Runs, curves: pd.DataFrame) -> pd.DataFrame:
         health = routing_health(_rows(g), 0.0)
         if health is None:
             continue
-        saturation = info.at[run, "routing/bias_saturation"] if (
-            "routing/bias_saturation" in info.columns) else np.nan
+        current = set(info.columns) >= CURRENT_SATURATION and pd.notna(
+            info.at[run, "model.moe.bias_rate_start"])
+        saturation = info.at[run, "routing/bias_saturation"] if current else np.nan
         out.append({"run_id": run, "name": info.at[run, "name"],
                     "arm": info.at[run, "arm_label"], "peak_imbalance": health.peak_imbalance,
                     "balanced_step": health.balanced_step,
