@@ -104,9 +104,8 @@ def collapsed_side(ev: Evidence) -> str | None:
 
 def health_text(ev: Evidence) -> str:
     """``routing healthy in 3/4 runs of E64, 4/4 of E2`` ('' without MoE curves)."""
-    parts = [f"{h}/{n} of {name}" for name, c in zip((ev.arm, ev.baseline), ev.health,
-                                                     strict=True) if c is not None
-             for h, n in [c]]
+    sides = zip((ev.arm, ev.baseline), ev.health, strict=True)
+    parts = [f"{c[0]}/{c[1]} of {name}" for name, c in sides if c is not None]
     return f"routing healthy in {', '.join(parts)} runs" if parts else ""
 
 

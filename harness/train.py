@@ -63,6 +63,11 @@ from harness.tracking import Tracker, TrialStatus
 log = logging.getLogger(__name__)
 
 
+def load_imbalance(loads_LE: torch.Tensor) -> torch.Tensor:
+    """Max / mean tokens per expert (L_moe,) of loads (L_moe, E); 1 = balanced."""
+    return loads_LE.amax(dim=1) / loads_LE.mean(dim=1).clamp_min(1e-9)
+
+
 @dataclass
 class _Window:
     """Statistics accumulated between two metric logs."""
@@ -84,7 +89,7 @@ class _Window:
         ld = tel.expert_load.float().cpu()  # (L_moe, E)
         self.loads = ld if self.loads is None else self.loads + ld
         if ld.numel():
-            step_imb = float((ld.amax(dim=1) / ld.mean(dim=1).clamp_min(1e-9)).mean())
+            step_imb = float(load_imbalance(ld).mean())
             self.peak_imbalance = max(self.peak_imbalance, step_imb)
         if clipped is not None:
             c = clipped.cpu().float()
@@ -240,7 +245,7 @@ class Trainer:
         if w.loads.numel() == 0:
             return {}
         first = self.trial.model.first_k_dense
-        imbalance = w.loads.amax(dim=1) / w.loads.mean(dim=1).clamp_min(1e-9)  # (L_moe,)
+        imbalance = load_imbalance(w.loads)  # (L_moe,)
         dead = (w.loads == 0).sum(dim=1)
         biases = [b.e_score_bias for b in self.moe_layers()]
         m = {"moe/imbalance": float(imbalance.mean()), "moe/dead_experts": float(dead.sum()),
