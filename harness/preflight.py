@@ -15,6 +15,7 @@ from typing import Any
 
 from harness.config import ConfigError, SweepConfig, TrialConfig
 from harness.memory import check_memory, checkpoint_bytes
+from harness.prefix import SharePlan
 from harness.store import default_tracking_uri
 
 
@@ -126,13 +127,15 @@ def paths_summary(
     return "\n".join(lines)
 
 
-def check_storage(storage: Path, trials: list[TrialConfig]) -> None:
+def check_storage(storage: Path, trials: list[TrialConfig], plan: SharePlan | None = None
+                  ) -> None:
     """Fail fast, in one line, when ``storage`` cannot take the sweep's checkpoints.
 
     The folder must take a new file (tried, since root ignores permission bits) and have room
     for two checkpoints per trial to run (``ckpt.pt`` and the ``ckpt.prev.pt`` kept in case it is
     damaged) plus the one being written (sizes from harness.memory), and for each trial's final
-    weights (``final.pt``, fp32, kept after it finishes for ``harness rescore``).
+    weights (``final.pt``, fp32, kept after it finishes for ``harness rescore``), and for the
+    prefix checkpoints ``plan`` has them save (:mod:`harness.prefix`).
     """
     try:
         storage.mkdir(parents=True, exist_ok=True)
@@ -142,6 +145,9 @@ def check_storage(storage: Path, trials: list[TrialConfig]) -> None:
         raise ConfigError(f"HARNESS_STORAGE ({storage}): not writable ({e.strerror})") from None
     sizes = [checkpoint_bytes(t) for t in trials]
     need = 2 * sum(sizes) + max(sizes, default=0) + sum(final_weights_bytes(t) for t in trials)
+    if plan is not None:
+        need += sum(size * len(plan.shares[t.hash].saves)
+                    for t, size in zip(trials, sizes, strict=True) if t.hash in plan.shares)
     free = shutil.disk_usage(storage).free
     if free < need:
         raise ConfigError(

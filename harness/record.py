@@ -93,6 +93,33 @@ def parse_record(path: Path) -> TrialRecord:
     )
 
 
+WORK = "work.log"
+"""Per trial, one line ``<process> <first step> <step reached>`` per checkpoint and at the end:
+the steps its own processes trained (steps started from a prefix checkpoint are not theirs)."""
+
+
+def log_work(ckpt_dir: Path, session: str, first: int, reached: int) -> None:
+    """Append that process ``session``, which started at step ``first``, has reached step
+    ``reached`` (one small append; a crash loses at most the line being written)."""
+    with (ckpt_dir / WORK).open("a") as f:
+        f.write(f"{session} {first} {reached}\n")
+
+
+def steps_trained(ckpt_dir: Path) -> int:
+    """Optimizer steps the trial's processes trained, from its work log: per process, the last
+    step reached minus its first. Steps retrained after a crash count again; steps trained after
+    a process's last checkpoint, before it was killed, are not counted."""
+    reached: dict[tuple[str, int], int] = {}
+    path = ckpt_dir / WORK
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    for line in lines:
+        parts = line.split()
+        if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+            key = (parts[0], int(parts[1]))
+            reached[key] = max(reached.get(key, 0), int(parts[2]))
+    return sum(end - first for (_, first), end in reached.items())
+
+
 def write_record(record: TrialRecord, ckpt_dir: Path) -> None:
     """Write ``result.json`` crash-safely (temporary file, fsync, rename)."""
     body = {"result": asdict(record.result), "rows": record.rows,

@@ -22,6 +22,11 @@ def warmup_steps(train: TrainConfig) -> int:
     return int(train.warmup_frac * train.steps)
 
 
+def decay_start(train: TrainConfig) -> int:
+    """``wsd``: the first step of the cooldown (``steps`` when ``decay_frac`` rounds to none)."""
+    return train.steps - round(train.decay_frac * train.steps)
+
+
 def lr_multiplier(train: TrainConfig, step: int) -> float:
     """Multiplier of the peak lr at optimizer step ``step`` (0-based, the step being taken)."""
     total, warm = train.steps, warmup_steps(train)
@@ -33,9 +38,8 @@ def lr_multiplier(train: TrainConfig, step: int) -> float:
     if train.schedule == "cosine":
         progress = (step - warm) / max(1, total - warm)
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    decay = round(train.decay_frac * total)
-    start = total - decay
-    if step < start or decay == 0:
+    start = decay_start(train)
+    if step < start:
         return 1.0
-    progress = (step - start + 1) / decay
+    progress = (step - start + 1) / (total - start)
     return floor + (1 - floor) * (1 - min(1.0, progress))

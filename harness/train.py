@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,7 @@ from harness.env import device_peak_flops, environment_tags, pick_device
 from harness.evaluate import Batches, eval_sets, mean_loss
 from harness.model.transformer import Telemetry, Transformer
 from harness.optim import build_optimizer, qk_clip_
+from harness.prefix import PrefixStore, Share
 from harness.record import (
     CKPT,
     FINAL,
@@ -51,8 +53,10 @@ from harness.record import (
     TrialRecord,
     TrialResult,
     clean_up,
+    log_work,
     read_record,
     same_data,
+    steps_trained,
     write_record,
 )
 from harness.routing import routing_health
@@ -118,6 +122,8 @@ class Trainer:
         self.elapsed = 0.0
         self.window = _Window()  # steps since the last log; checkpointed, so a resumed log
         # averages the same steps as an uninterrupted one
+        self.lineage: dict[str, Any] = {}  # {"from": trunk hash, "step": n}: started from the
+        # prefix checkpoint the trunk saved at step n (harness.prefix)
 
     @property
     def tokens_seen(self) -> int:
@@ -138,6 +144,7 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "window": asdict(self.window),
             "data_sha": data_sha(self.data.fingerprint),
+            "lineage": dict(self.lineage),
         }
 
     def load(self, state: dict[str, Any], path: Path | None = None) -> None:
@@ -150,6 +157,7 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         torch.set_rng_state(state["rng"])
         self.window = _Window(**state.get("window", {}))
+        self.lineage = dict(state.get("lineage") or {})
 
     # steps -------------------------------------------------------------------------------------
     def loss_of(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Telemetry]:
@@ -310,6 +318,45 @@ def _resume(trainer: Trainer, ckpt_dir: Path) -> None:
                  path.name)
 
 
+def _start_from_prefix(trainer: Trainer, share: Share, prefixes: PrefixStore) -> None:
+    """A trial with no checkpoint of its own starts from the latest prefix checkpoint of its
+    lineage at or before its cooldown start (:mod:`harness.prefix`); none: from step 0."""
+    for step in prefixes.latest(share.lineage, share.start):
+        path = prefixes.path(share.lineage, step)
+        found = load_latest([path], Trainer.STATE_KEYS, map_location=trainer.device)
+        if found is not None:
+            trainer.load(found[1], path)
+            trainer.lineage = {"from": str(found[1].get("saved_by", "")), "step": step}
+            log.info("trial %s starts at step %d from the prefix checkpoint of trial %s",
+                     trainer.trial.hash, step, trainer.lineage["from"])
+            return
+
+
+def lineage_tags(trainer: Trainer, share: Share | None) -> dict[str, str]:
+    """MLflow tags of a sharing trial: its lineage, its role, and the trunk it branched from
+    with the tokens where it did."""
+    if share is None:
+        return {}
+    role = share.role if trainer.lineage or share.role != "branch" else "alone"
+    tags = {"lineage.id": share.lineage, "lineage.role": role}
+    if trainer.lineage:
+        tags["lineage.trunk_hash"] = trainer.lineage["from"]
+        tags["lineage.branch_tokens"] = str(trainer.lineage["step"]
+                                            * trainer.trial.train.batch_tokens)
+    return tags
+
+
+def _save_prefix(trainer: Trainer, share: Share | None, prefixes: PrefixStore | None) -> None:
+    """At a step of ``share.saves``: the prefix checkpoint other budgets start from."""
+    if share is None or prefixes is None or trainer.step not in share.saves:
+        return
+    path = prefixes.path(share.lineage, trainer.step)
+    if path.exists():  # the same state, saved by another trial of the lineage
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic({**trainer.state(), "saved_by": trainer.trial.hash}, path)
+
+
 def run_trial(
     trial: TrialConfig,
     tracker: Tracker,
@@ -318,9 +365,13 @@ def run_trial(
     cache_dir: str | Path | None = None,
     on_log: Callable[[int, dict[str, float]], None] | None = None,
     stop_after: int | None = None,
+    share: Share | None = None,
+    prefixes: PrefixStore | None = None,
 ) -> TrialResult:
     """Train one trial to its token budget, logging to ``tracker``; resume from checkpoints.
 
+    With ``share`` and ``prefixes`` (:mod:`harness.prefix`), a trial with no checkpoint of its
+    own starts from its lineage's prefix checkpoint and saves the ones ``share`` names.
     ``stop_after`` (steps) stops early without finishing the run, as a crash would; tests use it.
     """
     tc = trial.train
@@ -339,16 +390,23 @@ def run_trial(
     trainer = Trainer(trial, data, device)
     if ckpt_dir is not None:
         _resume(trainer, ckpt_dir)
-    tags = {**environment_tags(device), "trial_hash": trial.hash}
+    if trainer.step == 0 and share is not None and prefixes is not None:
+        _start_from_prefix(trainer, share, prefixes)
+    tags = {**environment_tags(device), "trial_hash": trial.hash, **lineage_tags(trainer, share)}
     params = trial_params(trial, data.fingerprint) | split_ids(data.fingerprint)
     tracker.set_tags(tags)
     tracker.log_params(params)
     tracker.log_artifact("trial.yaml", trial_yaml(trial))
     tracker.log_artifact("data.json", json.dumps(data.fingerprint, indent=1, sort_keys=True))
     _replay(tracker, trainer.rows)
-    status = _train(trainer, tracker, ckpt_dir, on_log, stop_after)
+    status = _train(trainer, tracker, ckpt_dir, on_log, stop_after,
+                    lambda: _save_prefix(trainer, share, prefixes))
     if status == TrialStatus.INTERRUPTED:
         return _result(trainer, status)
+    if ckpt_dir is not None:
+        work = {"work.tokens_trained": str(steps_trained(ckpt_dir) * tc.batch_tokens)}
+        tags |= work
+        tracker.set_tags(work)
     result = _result(trainer, status)
     artifacts = {
         "max_logits.csv": trainer.logit_table(),
@@ -373,8 +431,31 @@ def _train(
     ckpt_dir: Path | None,
     on_log: Callable[[int, dict[str, float]], None] | None,
     stop_after: int | None,
+    save_prefix: Callable[[], None],
 ) -> TrialStatus:
-    """The loop; returns ``finished``, ``diverged`` or ``interrupted``."""
+    """The loop; returns ``finished``, ``diverged`` or ``interrupted``. Each checkpoint and the
+    end append the steps this process trained to the trial's work log (``work.log``)."""
+    session, first = secrets.token_hex(4), trainer.step
+
+    def work() -> None:
+        if ckpt_dir is not None:
+            log_work(ckpt_dir, session, first, trainer.step)
+
+    try:
+        return _loop(trainer, tracker, ckpt_dir, on_log, stop_after, save_prefix, work)
+    finally:
+        work()
+
+
+def _loop(
+    trainer: Trainer,
+    tracker: Tracker,
+    ckpt_dir: Path | None,
+    on_log: Callable[[int, dict[str, float]], None] | None,
+    stop_after: int | None,
+    save_prefix: Callable[[], None],
+    work: Callable[[], None],
+) -> TrialStatus:
     tc = trainer.trial.train
     eval_steps = max(1, tc.eval_every // tc.batch_tokens)
     ckpt_steps = max(1, tc.checkpoint_every // tc.batch_tokens)
@@ -407,8 +488,11 @@ def _train(
                         trainer.step, loss)
             status = TrialStatus.DIVERGED
             break
+        if not last:
+            save_prefix()
         if ckpt_dir is not None and trainer.step % ckpt_steps == 0 and not last:
             save_atomic(trainer.state(), ckpt_dir / CKPT, previous=ckpt_dir / PREV)
+            work()
         if stop_after is not None and trainer.step >= stop_after:
             return TrialStatus.INTERRUPTED
     return status

@@ -211,6 +211,9 @@ class SweepConfig(Frozen):
     resources: Resources = Resources()
     max_concurrent: int | None = Field(None, gt=0, description="trials running at once")
     max_failures: int = Field(3, ge=0, description="restarts of a crashed trial")
+    share_prefixes: bool = Field(
+        True, description="WSD trials that differ only in train.tokens train their stable "
+        "prefix once; each budget's cooldown branches from it (docs/design.md)")
     profiles: dict[str, dict[str, Any]] = Field(default_factory=dict)
     analysis: AnalysisSpec = AnalysisSpec()
     profile: str | None = Field(None, description="the profile applied (set by load_sweep)")

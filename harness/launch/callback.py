@@ -32,6 +32,7 @@ class _Live:
     status: TrialStatus = TrialStatus.PENDING
     loss: float = float("nan")
     gone: bool = False  # its MLflow run was deleted: reports are dropped
+    tokens_trained: int = 0  # its own processes trained (work.tokens_trained), once it ends
 
 
 class MLflowCallback:
@@ -99,7 +100,9 @@ class MLflowCallback:
         live.status = TrialStatus.RUNNING
         tr = live.tracker
         if report.tags:
-            tr.set_tags(report.tags)
+            tr.set_tags(self._named(report.tags))
+            live.tokens_trained = int(report.tags.get("work.tokens_trained",
+                                                      live.tokens_trained))
         if report.params:
             tr.log_params(report.params)
         if report.metrics is not None:
@@ -112,6 +115,13 @@ class MLflowCallback:
         if report.status is not None:
             tr.finish(report.status)
             live.status = report.status
+
+    def _named(self, tags: dict[str, str]) -> dict[str, str]:
+        """``tags`` plus ``lineage.trunk``, the run name of the trunk a branch started from."""
+        trunk = self.by_hash.get(tags.get("lineage.trunk_hash", ""))
+        if trunk is None:
+            return tags
+        return {**tags, "lineage.trunk": run_name(trunk, self.sweep)}
 
     def status_of(self, trial_hash: str) -> TrialStatus:
         live = self.live.get(trial_hash)

@@ -23,9 +23,11 @@ from pathlib import Path
 from harness.config import SweepConfig, TrialConfig
 from harness.launch.callback import MLflowCallback, tune_callback, tune_stopper
 from harness.launch.ray_setup import init_ray, ray_env
+from harness.launch.search import branch_searcher
 from harness.launch.worker import TrialSpec, trainable
 from harness.locks import exclusive, sweep_lock_path
 from harness.naming import run_name
+from harness.prefix import PrefixStore, plan_sharing
 from harness.preflight import (
     check_data,
     check_replays,
@@ -50,6 +52,8 @@ class SubmitSummary:
     failed: int
     interrupted: bool
     wall_s: float
+    flops_budgets: float = 0.0  # training FLOPs of the trials that ended in this submit, alone
+    flops_trained: float = 0.0  # what they trained here (prefixes shared, retrained steps in)
 
 
 def submit(
@@ -79,9 +83,14 @@ def _submit(sweep: SweepConfig, trials: list[TrialConfig], storage: Path, addres
     done = store.finished(sweep.name)
     check_replays(done, ids, {t.hash: run_name(t, sweep) for t in trials})
     todo = [t for t in trials if t.hash not in done]
-    check_storage(storage, todo)  # room for the checkpoints of what will run
+    plan = plan_sharing(todo, PrefixStore(storage), sweep.share_prefixes)
+    check_storage(storage, todo, plan)  # room for the checkpoints of what will run
     log.info("%s: %d trials, %d already finished, %d to run", sweep.name, len(trials),
              len(trials) - len(todo), len(todo))
+    budgets, trained = plan.tokens(todo)
+    if budgets > trained:
+        log.info("%s: shared prefixes: %.3gM tokens to train for budgets of %.3gM (%.2fx)",
+                 sweep.name, trained / 1e6, budgets / 1e6, trained / budgets)
     cb = MLflowCallback(sweep, trials, store, done_before=set(done))
     if not todo:
         cb.close(interrupted=False)
@@ -91,11 +100,13 @@ def _submit(sweep: SweepConfig, trials: list[TrialConfig], storage: Path, addres
     init_ray(address)
     check_resources(sweep)
     res = sweep.resources
-    specs = [TrialSpec.of(t, storage, Path.cwd(), res.cpu) for t in todo]
+    specs = [TrialSpec.of(t, storage, Path.cwd(), res.cpu, plan.shares.get(t.hash))
+             for t in todo]
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu}),
-        param_space={"spec": tune.grid_search([s.to_param() for s in specs])},
         tune_config=tune.TuneConfig(
+            search_alg=branch_searcher(specs, storage),
+            num_samples=len(specs),
             max_concurrent_trials=max_concurrent or sweep.max_concurrent,
             trial_name_creator=lambda tr: run_name(TrialSpec.of_trial_config(tr.config).config(),
                                                    sweep),
@@ -132,6 +143,7 @@ def _summary(
     cb: MLflowCallback, trials: list[TrialConfig], skipped: int, interrupted: bool, t0: float
 ) -> SubmitSummary:
     states = [lv.status for lv in cb.live.values()]
+    ended = [(cb.by_hash[h], lv) for h, lv in cb.live.items() if lv.status.done]
     return SubmitSummary(
         total=len(trials),
         skipped=skipped,
@@ -140,4 +152,7 @@ def _summary(
         failed=states.count(TrialStatus.FAILED),
         interrupted=interrupted,
         wall_s=time.monotonic() - t0,
+        flops_budgets=sum(t.total_flops for t, _ in ended),
+        flops_trained=sum(t.model.flops_per_token(t.train.seq_len) * lv.tokens_trained
+                          for t, lv in ended),
     )

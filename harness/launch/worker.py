@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import TrialConfig
+from harness.prefix import PrefixStore, Share
 from harness.tracking import TrialStatus
 
 REPORT_KEY = "harness"
@@ -30,14 +31,19 @@ class TrialSpec:
     storage: str  # checkpoints under <storage>/checkpoints/<hash>
     cwd: str  # the submit folder: relative paths (data.path, HARNESS_CACHE) mean it
     threads: int  # torch CPU threads: one per resources.cpu
+    share: dict[str, Any] | None = None  # harness.prefix.Share.to_param(); None: no sharing
 
     @classmethod
-    def of(cls, trial: TrialConfig, storage: Path, cwd: Path, cpus: float) -> TrialSpec:
+    def of(cls, trial: TrialConfig, storage: Path, cwd: Path, cpus: float,
+           share: Share | None = None) -> TrialSpec:
         return cls(trial.model_dump(mode="json"), trial.hash, str(storage), str(cwd),
-                   max(1, int(cpus)))
+                   max(1, int(cpus)), share.to_param() if share is not None else None)
 
     def config(self) -> TrialConfig:
         return TrialConfig.model_validate(self.trial)
+
+    def prefix_share(self) -> Share | None:
+        return Share.of(self.share) if self.share is not None else None
 
     def to_param(self) -> dict[str, Any]:
         """The spec as Tune's ``param_space`` carries it (Tune rebuilds dataclasses as tuples)."""
@@ -113,4 +119,6 @@ def trainable(config: dict[str, Any]) -> None:
         # mean the folder the sweep was submitted from, as --dry-run shows them.
         os.chdir(spec.cwd)
     torch.set_num_threads(spec.threads)
-    run_trial(spec.config(), TuneTracker(), Path(spec.storage) / "checkpoints" / spec.hash)
+    storage = Path(spec.storage)
+    run_trial(spec.config(), TuneTracker(), storage / "checkpoints" / spec.hash,
+              share=spec.prefix_share(), prefixes=PrefixStore(storage))
