@@ -51,38 +51,38 @@ def me() -> str:
         return str(argv0)
 
 
-def _human(x: float) -> str:
-    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(x) >= div:
-            return f"{x / div:.3g}{unit}"
-    return f"{x:.3g}"
-
-
 def trial_table(sweep: SweepConfig, trials: list[TrialConfig],
-                states: dict[str, str] | None = None) -> str:
+                states: dict[str, str] | None = None, storage: Path | None = None) -> str:
     """Plain-text table: varying keys, params, sparsity, tokens, FLOPs, state (``pending`` unless
-    the store has a run for the trial); then the totals."""
-    from harness.naming import run_name
+    the store has a run for the trial), how the trials to run share prefixes (the prefix
+    checkpoints under ``storage``, :mod:`harness.prefix`); then the totals."""
+    from harness.naming import human, run_name
+    from harness.prefix import PrefixStore, describe, plan_sharing, summary_lines
 
     states = states or {}
+    todo = [t for t in trials if states.get(t.hash) not in ("finished", "diverged")]
+    plan = plan_sharing(todo, PrefixStore(storage) if storage else None, sweep.share_prefixes)
+    prefix = describe(plan, todo, {t.hash: i for i, t in enumerate(trials)})
     axes = sweep.axes
-    header = ["#", "name", *axes, "total", "active", "sparsity", "tokens", "FLOPs", "state"]
+    header = ["#", "name", *axes, "total", "active", "sparsity", "tokens", "FLOPs", "state",
+              "prefix"]
     rows = []
     for i, t in enumerate(trials):
         flat = flatten(t.model_dump(mode="json"))
         pc = t.model.param_counts()
         rows.append([
-            str(i), run_name(t, sweep), *(str(flat[a]) for a in axes), _human(pc.total),
-            _human(pc.active), f"{t.model.sparsity:g}", _human(t.train.tokens_trained),
-            f"{t.total_flops:.3g}", states.get(t.hash, "pending"),
+            str(i), run_name(t, sweep), *(str(flat[a]) for a in axes), human(pc.total),
+            human(pc.active), f"{t.model.sparsity:g}", human(t.train.tokens_trained),
+            f"{t.total_flops:.3g}", states.get(t.hash, "pending"), prefix.get(t.hash, ""),
         ])
     widths = [max(len(r[j]) for r in [header, *rows]) for j in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*header), *(fmt.format(*r) for r in rows)]
     total = sum(t.total_flops for t in trials)
-    todo = [t for t in trials if states.get(t.hash) not in ("finished", "diverged")]
     lines.append(f"{len(trials)} trials, {total:.3g} training FLOPs in all; "
                  f"{len(trials) - len(todo)} already done, {len(todo)} to run")
+    if todo:
+        lines += summary_lines(plan, todo)
     return "\n".join(lines)
 
 
@@ -123,12 +123,12 @@ def submit(
     sweep = load_sweep(sweep_file, profile)
     check_sweep(sweep, str(sweep_file))
     if dry_run:
-        from harness.preflight import check_data, paths_summary
+        from harness.preflight import check_data, default_storage, paths_summary
         from harness.status import known_states
 
         trials = sweep.expand()
         check_data(trials, load=False)
-        click.echo(trial_table(sweep, trials, known_states(sweep)))
+        click.echo(trial_table(sweep, trials, known_states(sweep), default_storage()))
         click.echo(paths_summary(trials))
         return
     _run(sweep, address, max_concurrent)
@@ -146,6 +146,10 @@ def _run(sweep: SweepConfig, address: str | None, max_concurrent: int | None) ->
         f"{sweep.name}: {s.total} trials · {s.skipped} already done · {s.finished} finished · "
         f"{s.diverged} diverged · {s.failed} failed · {s.wall_s:.0f}s"
     )
+    if s.flops_budgets:
+        click.echo(f"training FLOPs: {s.flops_budgets:.3g} for the budgets that ended, "
+                   f"{s.flops_trained:.3g} trained ({s.flops_trained / s.flops_budgets:.2f}x; "
+                   "shared prefixes)")
     if s.interrupted or s.failed:
         click.echo(f"next: {me()} resume {sweep.name}")
         sys.exit(1)

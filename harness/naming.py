@@ -113,6 +113,14 @@ def axis_digits(sweep: SweepConfig) -> dict[str, Extra]:
     return digits
 
 
+def human(x: float) -> str:
+    """``35400 -> 35.4k``, ``1.2e9 -> 1.2B``: three significant digits and a unit."""
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= div:
+            return f"{x / div:.3g}{unit}"
+    return f"{x:.3g}"
+
+
 def run_name(trial: TrialConfig, sweep: SweepConfig) -> str:
     """Name from the sweep's varying axes; the optimizer arm always shows, the seed last."""
     dump = trial.model_dump(mode="json")

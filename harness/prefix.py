@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import TrainConfig, TrialConfig
+from harness.naming import human
 from harness.schedule import decay_start, warmup_steps
 
 PREFIX_DIR = "prefixes"
@@ -159,8 +160,8 @@ def plan_sharing(trials: list[TrialConfig], store: PrefixStore | None,
 
 
 def describe(plan: SharePlan, trials: list[TrialConfig], index: dict[str, int]) -> dict[str, str]:
-    """The dry-run's ``prefix`` cell per trial hash: ``trunk``, ``branch of #i at 0.39M``,
-    ``extends at 1.5M``, ``alone`` or ``-`` (cannot share)."""
+    """The dry-run's ``prefix`` cell per trial hash: ``trunk``, ``branch of #i at 393k``,
+    ``trunk, extends at 1.5M``, ``alone`` or ``-`` (cannot share)."""
     cells = {}
     for t in trials:
         share = plan.shares.get(t.hash)
@@ -168,9 +169,9 @@ def describe(plan: SharePlan, trials: list[TrialConfig], index: dict[str, int]) 
         if share is None:
             cells[t.hash] = "-"
         elif share.trunk is not None:
-            cells[t.hash] = f"branch of #{index[share.trunk]} at {at / 1e6:.3g}M"
+            cells[t.hash] = f"branch of #{index[share.trunk]} at {human(at)}"
         elif at:
-            cells[t.hash] = f"{share.role}, extends at {at / 1e6:.3g}M"
+            cells[t.hash] = f"{share.role}, extends at {human(at)}"
         else:
             cells[t.hash] = share.role
     return cells
@@ -182,11 +183,21 @@ def summary_lines(plan: SharePlan, trials: list[TrialConfig]) -> list[str]:
     budgets, trained = plan.tokens(trials)
     roles = [s.role for s in plan.shares.values()]
     trunks, branches = roles.count("trunk"), roles.count("branch")
-    lines = [f"prefix sharing: {trunks} trunks, {branches} branches; trains "
-             f"{trained / 1e6:.3g}M of the budgets' {budgets / 1e6:.3g}M tokens "
-             f"({trained / max(budgets, 1):.2f}x, {(budgets - trained) / 1e6:.3g}M saved)"]
+    if trained == budgets:
+        lines = ["prefix sharing: none (every trial trains its whole budget)"]
+    else:
+        lines = [f"prefix sharing: {plural(trunks, 'trunk')}, {plural(branches, 'branch')}; "
+                 f"trains {human(trained)} of the budgets' {human(budgets)} tokens "
+                 f"({trained / budgets:.2f}x, {human(budgets - trained)} saved)"]
     by_reason: dict[str, int] = defaultdict(int)
     for why in plan.reasons.values():
         by_reason[why] += 1
     lines += [f"  {n} trials do not share: {why}" for why, n in sorted(by_reason.items())]
     return lines
+
+
+def plural(n: int, word: str) -> str:
+    """``1 trunk``, ``2 trunks``, ``2 branches``."""
+    if n == 1:
+        return f"1 {word}"
+    return f"{n} {word}{'es' if word.endswith(('s', 'ch')) else 's'}"

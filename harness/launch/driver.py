@@ -26,7 +26,7 @@ from harness.launch.ray_setup import init_ray, ray_env
 from harness.launch.search import branch_searcher
 from harness.launch.worker import TrialSpec, trainable
 from harness.locks import exclusive, sweep_lock_path
-from harness.naming import run_name
+from harness.naming import human, run_name
 from harness.prefix import PrefixStore, plan_sharing
 from harness.preflight import (
     check_data,
@@ -89,8 +89,8 @@ def _submit(sweep: SweepConfig, trials: list[TrialConfig], storage: Path, addres
              len(trials) - len(todo), len(todo))
     budgets, trained = plan.tokens(todo)
     if budgets > trained:
-        log.info("%s: shared prefixes: %.3gM tokens to train for budgets of %.3gM (%.2fx)",
-                 sweep.name, trained / 1e6, budgets / 1e6, trained / budgets)
+        log.info("%s: shared prefixes: %s tokens to train for budgets of %s (%.2fx)",
+                 sweep.name, human(trained), human(budgets), trained / budgets)
     cb = MLflowCallback(sweep, trials, store, done_before=set(done))
     if not todo:
         cb.close(interrupted=False)

@@ -66,6 +66,12 @@ def branch_searcher(specs: list[TrialSpec], storage: Path) -> Any:
             self.ids[trial_id] = spec.hash
             return {"spec": spec.to_param()}
 
+        def save(self, checkpoint_path: str) -> None:
+            """Nothing to save: a resubmit plans afresh from MLflow and the prefix store."""
+
+        def restore(self, checkpoint_path: str) -> None:
+            """Nothing to restore (see :meth:`save`)."""
+
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                               error: bool = False) -> None:
             if trial_id in self.ids:
