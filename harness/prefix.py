@@ -133,18 +133,26 @@ class SharePlan:
 
 def plan_sharing(trials: list[TrialConfig], store: PrefixStore | None,
                  enabled: bool = True) -> SharePlan:
-    """The sharing plan of ``trials`` (those to run), given the prefix checkpoints on disk."""
+    """The sharing plan of ``trials`` (those to run), given the prefix checkpoints on disk.
+
+    ``reasons`` names why trials of one lineage (several budgets) cannot share; a trial with no
+    other budget and a schedule that cannot share is simply not in the plan."""
     reasons: dict[str, str] = {}
     groups: dict[str, list[TrialConfig]] = defaultdict(list)
     for t in trials:
-        why = "share_prefixes is false" if not enabled else why_not_shared(t.train)
-        if why is None:
-            groups[lineage_key(t)].append(t)
-        else:
-            reasons[t.hash] = why
+        groups[lineage_key(t)].append(t)
     shares: dict[str, Share] = {}
     inherited: dict[str, int] = {}
-    for key, members in groups.items():
+    for key, group in groups.items():
+        members = []
+        for t in group:
+            why = "share_prefixes is false" if not enabled else why_not_shared(t.train)
+            if why is None:
+                members.append(t)
+            elif len(group) > 1:
+                reasons[t.hash] = why
+        if not members:
+            continue
         members.sort(key=lambda t: (decay_start(t.train), t.train.tokens))
         trunk = members[-1]
         starts = sorted({decay_start(t.train) for t in members})
@@ -185,6 +193,8 @@ def summary_lines(plan: SharePlan, trials: list[TrialConfig]) -> list[str]:
     trunks, branches = roles.count("trunk"), roles.count("branch")
     if trained == budgets:
         lines = ["prefix sharing: none (every trial trains its whole budget)"]
+        if not branches and not plan.reasons:
+            return ["prefix sharing: none (no trials differ only in train.tokens)"]
     else:
         lines = [f"prefix sharing: {plural(trunks, 'trunk')}, {plural(branches, 'branch')}; "
                  f"trains {human(trained)} of the budgets' {human(budgets)} tokens "

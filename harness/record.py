@@ -159,8 +159,8 @@ def same_data(logged: str | None, data: TokenData, path: Path | None) -> None:
 
 
 def clean_up(ckpt_dir: Path) -> None:
-    """After ``result.json`` is written: the checkpoints (``final.pt`` stays) and any killed
-    writer's temporaries."""
+    """After ``result.json`` is written: the checkpoints (``final.pt`` and ``work.log`` stay)
+    and any killed writer's temporaries."""
     for name in (CKPT, PREV):
         (ckpt_dir / name).unlink(missing_ok=True)
     for name in (CKPT, RESULT, FINAL):

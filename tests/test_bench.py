@@ -13,16 +13,20 @@ import pytest
 import torch
 
 from harness.bench import run_bench
+from harness.bench.prefix_sharing import SWEEP, scaled_sweep, shipped_ratio
 from harness.bench.report import GOAL_KEYS, judge, render
 from harness.bench.run import DOCS
 from harness.bench.scheduling import efficiency, sweep_spec
 from harness.bench.timing import Summary, interleaved, paired_ratio
 from harness.config import SweepConfig
+from harness.config.files import read_yaml
+from harness.prefix import plan_sharing
 
 pytest.importorskip("transformers")
 
 GOALS = {"moe_vs_hf", "moe_overhead", "mfu", "train_vs_hf", "muon_vs_torch",
-         "tracking_overhead", "sched_efficiency"}
+         "tracking_overhead", "sched_efficiency", "prefix_tokens", "prefix_wall"}
+NOT_TINY = {"sched_efficiency", "prefix_tokens", "prefix_wall"}  # Ray cases: not in tiny
 
 
 def test_tiny_bench_writes_every_case_and_goal(tmp_path: Path) -> None:
@@ -33,7 +37,7 @@ def test_tiny_bench_writes_every_case_and_goal(tmp_path: Path) -> None:
     assert on_disk["goals"] == result["goals"] and not result["errors"]
     assert {g["key"] for g in on_disk["goals"]} == GOALS
     for g in on_disk["goals"]:
-        expected = None if g["key"] == "sched_efficiency" else g["met"]
+        expected = None if g["key"] in NOT_TINY else g["met"]
         assert g["met"] is expected and (g["met"] is None) == (g["value"] is None), g
     # cases 1 and 2 ran at a sweep trial's 1 thread and at all (here 2), judged at each
     per_threads = {(g["key"], g["threads"]) for g in on_disk["goals"]}
@@ -41,8 +45,8 @@ def test_tiny_bench_writes_every_case_and_goal(tmp_path: Path) -> None:
         assert {(key, 1), (key, 2)} <= per_threads
     assert on_disk["meta"]["plan"]["threads"] == [1, 2]
     cases = on_disk["cases"]
-    assert set(cases) == {"moe_layer", "train_step", "muon", "tracking", "scheduling"}
-    assert "skipped" in cases["scheduling"]
+    assert set(cases) == {"moe_layer", "train_step", "muon", "tracking", "scheduling", "prefix"}
+    assert "skipped" in cases["scheduling"] and "skipped" in cases["prefix"]
     for name in ("moe_layer", "train_step"):
         assert cases[name]["threads"] == [1, 2]
         assert {k: r["threads"] for k, r in cases[name]["by_threads"].items()} == {"1": 1, "2": 2}
@@ -143,3 +147,19 @@ def test_scheduling_efficiency_and_sweep() -> None:
     trials = SweepConfig.model_validate(sweep_spec(steps=20)).expand()
     assert len(trials) == 4 and {t.optim.name for t in trials} == {"adamw", "muon"}
     assert all(t.train.steps == 20 for t in trials)
+
+
+def test_prefix_case_scales_the_shipped_sweep_and_its_plan_meets_the_token_goal() -> None:
+    shipped = shipped_ratio()
+    assert shipped["trials"] == 24 and shipped["tokens_ratio"] <= 0.65
+    assert shipped["tokens_trained"] == pytest.approx(shipped["tokens_budgets"] * 4.7 / 7.5,
+                                                      rel=0.01)
+    raw = read_yaml(SWEEP)
+    small = SweepConfig.model_validate(scaled_sweep(raw, 0.25, "small", share=True))
+    trials = small.expand()
+    assert len(trials) == 24 and small.share_prefixes and not small.profiles
+    assert sorted({t.train.tokens for t in trials}) == [125_000, 250_000, 500_000, 1_000_000]
+    plan = plan_sharing(trials, None)
+    assert not plan.reasons and [s.role for s in plan.shares.values()].count("trunk") == 6
+    off = SweepConfig.model_validate(scaled_sweep(raw, 0.25, "off", share=False))
+    assert not plan_sharing(off.expand(), None, off.share_prefixes).shares

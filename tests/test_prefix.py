@@ -46,7 +46,8 @@ def test_who_shares_and_why_not() -> None:
 
 
 def test_plan_picks_the_longest_as_trunk_and_counts_the_saving(tmp_path: Path) -> None:
-    trials = [trial(16), trial(24), trial(40), trial(24, seed=1), trial(24, schedule="cosine")]
+    trials = [trial(16), trial(24), trial(40), trial(24, seed=1), trial(24, schedule="cosine"),
+              trial(40, schedule="cosine"), trial(24, seed=2, schedule="cosine")]
     plan = plan_sharing(trials, PrefixStore(tmp_path))
     trunk = plan.shares[trials[2].hash]
     assert trunk.role == "trunk" and trunk.trunk is None
@@ -56,9 +57,10 @@ def test_plan_picks_the_longest_as_trunk_and_counts_the_saving(tmp_path: Path) -
         assert (share.role, share.trunk, share.start) == ("branch", trials[2].hash,
                                                           decay_start(t.train))
     assert plan.shares[trials[3].hash].role == "alone"  # another seed: its own lineage
-    assert "cosine" in plan.reasons[trials[4].hash]
+    assert "cosine" in plan.reasons[trials[4].hash] and trials[4].hash not in plan.shares
+    assert trials[6].hash not in plan.reasons  # no other budget: nothing it could share
     budgets, trained = plan.tokens(trials)
-    assert budgets == (16 + 24 + 40 + 24 + 24) * 512
+    assert budgets == (16 + 24 + 40 + 24 + 24 + 40 + 24) * 512
     assert trained == budgets - (12 + 18) * 512
     off = plan_sharing(trials, PrefixStore(tmp_path), enabled=False)
     assert not off.shares and off.tokens(trials) == (budgets, budgets)

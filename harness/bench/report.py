@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 GOAL_KEYS = ("moe_vs_hf", "moe_overhead", "mfu", "train_vs_hf", "muon_vs_torch",
-             "tracking_overhead", "sched_efficiency")
+             "tracking_overhead", "sched_efficiency", "prefix_tokens", "prefix_wall")
 """Every goal of the issue, in report order; ``docs/bench.md`` has a section ``#<key>`` each."""
 
 DOCS_HREF = "../docs/bench.md"
@@ -91,7 +91,8 @@ def _at(n: int | None) -> str:
 
 TITLES = {"moe_layer": "1. MoE layer, forward + backward", "train_step": "2. Train step",
           "muon": "3. Muon step on the expert stacks", "tracking": "4. Tracking overhead",
-          "scheduling": "5. Scheduling on local Ray"}
+          "scheduling": "5. Scheduling on local Ray",
+          "prefix": "6. Prefix sharing on sweeps/sparsity.yaml"}
 
 
 Run = tuple[int | None, dict[str, Any]]
@@ -113,7 +114,7 @@ def _goal_threads(g: dict[str, Any], r: dict[str, Any]) -> int | None:
     ran at (the tracking case's own, none for Ray, else the bench's)."""
     if "threads" in g:
         return g["threads"]
-    if g["case"] == "scheduling":
+    if g["case"] in ("scheduling", "prefix"):
         return None
     if g["case"] == "tracking":
         return (r["cases"].get("tracking") or {}).get("threads")
@@ -325,6 +326,32 @@ def _scheduling(c: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _prefix(c: dict[str, Any]) -> list[str]:
+    shipped, runs = c["shipped"], c["runs"]
+    un, sh = runs["unshared"], runs["shared"]
+    return [
+        f"## {TITLES['prefix']}",
+        "",
+        f"Tokens: the shipped sweep ({shipped['trials']} trials) has budgets of "
+        f"{shipped['tokens_budgets'] / 1e6:.4g}M tokens; its sharing plan trains "
+        f"{shipped['tokens_trained'] / 1e6:.4g}M ({shipped['tokens_ratio']:.3g}x). Wall: the "
+        f"same sweep with every budget, the warmup and the eval and checkpoint intervals x "
+        f"{c['scale']:g}, submitted without sharing and then with it on one local Ray (2 CPUs, "
+        f"2 trials at a time; `ray.init` took {c['ray_init_s']:.3g} s apart).",
+        "",
+        "| | sweep wall | tokens trained (work logs) | FLOPs of the budgets | FLOPs trained |",
+        "|---|---|---|---|---|",
+        *(f"| {label} | {r['wall_s']:.4g} s | {r['tokens_trained'] / 1e6:.4g}M | "
+          f"{r['flops_budgets']:.3g} | {r['flops_trained']:.3g} |"
+          for label, r in (("without sharing", un), ("with sharing", sh))),
+        "",
+        f"- tokens trained, shared / unshared (measured at this scale): "
+        f"{c['measured_tokens_ratio']:.3g}",
+        f"- sweep wall, shared / unshared: {c['wall_ratio']:.3g}",
+        "",
+    ]
+
+
 def _profiles(r: dict[str, Any]) -> list[str]:
     out = []
     for case in ("moe_layer", "train_step"):
@@ -349,7 +376,7 @@ def _once(fn: Callable[[dict[str, Any]], list[str]]) -> Callable[[list[Run]], li
 
 SECTIONS: dict[str, Callable[[list[Run]], list[str]]] = {
     "moe_layer": _moe, "train_step": _train, "muon": _once(_muon),
-    "tracking": _once(_tracking), "scheduling": _once(_scheduling),
+    "tracking": _once(_tracking), "scheduling": _once(_scheduling), "prefix": _once(_prefix),
 }
 
 

@@ -1,7 +1,8 @@
-"""``harness bench``: run the five cases, judge the goals, write results/bench.json and bench.md.
+"""``harness bench``: run the six cases, judge the goals, write results/bench.json and bench.md.
 
-Sizes come in three plans: ``full`` (``make bench``, about ten minutes on 2 cores), ``quick``
-(two or three minutes: the same shapes, fewer repeats, shorter trials) and ``tiny`` (toy shapes
+Sizes come in three plans: ``full`` (``make bench``, about 25 minutes on 2 cores, 17 of them
+the prefix-sharing case), ``quick`` (a few minutes: the same shapes, fewer repeats, shorter
+trials, no prefix-sharing case) and ``tiny`` (toy shapes
 for the tests, a few seconds, no Ray). On CUDA the reference shapes grow to GPU size and
 everything runs under bf16 autocast; scheduling stays a CPU case (it measures Ray, on 2 cores).
 
@@ -28,6 +29,7 @@ import torch
 from harness.bench.hf import EXPERT_IMPLS
 from harness.bench.moe_layer import MoEShape, run_moe_layer
 from harness.bench.muon_step import run_muon_step
+from harness.bench.prefix_sharing import run_prefix_sharing
 from harness.bench.report import GOAL_KEYS, Goal, judge, render, runs_of
 from harness.bench.scheduling import run_scheduling
 from harness.bench.timing import (
@@ -71,6 +73,7 @@ class Plan:
     track_calib_steps: int = 20
     track: TrackShape = field(default_factory=TrackShape)
     sched_target_s: float | None = 40.0  # None: not run
+    prefix_scale: float | None = 1 / 16  # sweeps/sparsity.yaml's budgets x this; None: not run
     profile: bool = True
     threads: tuple[int, ...] = (1,)  # torch threads of the MoE-layer and train-step runs
 
@@ -89,6 +92,7 @@ def plan_for(device: torch.device, quick: bool, tiny: bool, threads: int = 1) ->
             train=TrainShape(model=TINY_MODEL, batch_tokens=256, seq_len=64, gemm_n=128),
             train_rounds=(1, 2), train_budget_s=5, muon_rounds=(1, 2), muon_budget_s=5,
             track_target_s=0.3, track_rounds=1, track_calib_steps=4, sched_target_s=None,
+            prefix_scale=None,
             track=TrackShape(model=TINY_MODEL, batch_tokens=256, seq_len=64, val_tokens=512,
                              min_steps=10),
             profile=True,
@@ -106,7 +110,8 @@ def plan_for(device: torch.device, quick: bool, tiny: bool, threads: int = 1) ->
             plan, mode="quick", moe_rounds=(1, 3), moe_budget_s=20,
             train=replace(plan.train, batch_tokens=plan.train.batch_tokens // 2),
             train_rounds=(1, 2), train_budget_s=20, muon_rounds=(1, 3), muon_budget_s=10,
-            track_target_s=5.0, track_rounds=2, sched_target_s=6.0, profile=False,
+            track_target_s=5.0, track_rounds=2, sched_target_s=6.0, prefix_scale=None,
+            profile=False,
         )
     return plan
 
@@ -162,6 +167,10 @@ def _goals(device: torch.device, cases: dict[str, Any], threads: int) -> list[Go
               _get(track, "overhead", "median"), "<=", 0.02, track.get("threads")),
         judge("sched_efficiency", "scheduling", "Ray parallel efficiency, 4 trials, 2 at once",
               _get(cases.get("scheduling"), "parallel_efficiency"), ">=", 0.8),
+        judge("prefix_tokens", "prefix", "sparsity.yaml: tokens trained, shared / unshared",
+              _get(cases.get("prefix"), "tokens_ratio"), "<=", 0.65),
+        judge("prefix_wall", "prefix", "sparsity.yaml: sweep wall on local Ray, shared / "
+              "unshared", _get(cases.get("prefix"), "wall_ratio"), "<=", 0.7),
     ]
     return sorted(goals, key=lambda g: GOAL_KEYS.index(g.key))  # stable: thread order kept
 
@@ -227,6 +236,11 @@ def _run_cases(
             "scheduling", lambda: run_scheduling(target_train_s=target), errors)
     else:
         cases["scheduling"] = {"skipped": "not run in this mode"}
+    if scheduling and plan.prefix_scale is not None:
+        scale = plan.prefix_scale
+        cases["prefix"] = _case("prefix", lambda: run_prefix_sharing(scale=scale), errors)
+    else:
+        cases["prefix"] = {"skipped": "not run in this mode"}
     return cases
 
 

@@ -101,15 +101,9 @@ def _trainable_seconds(ray_dir: Path) -> dict[str, float]:
     return out
 
 
-def child(spec_path: Path, out_path: Path) -> None:
-    """The child process: calibrate, start Ray, submit, read every trial's result.json."""
-    logging.basicConfig(level=logging.WARNING)
-    spec = json.loads(spec_path.read_text())
-    steps = _calibrate(spec["target_train_s"], spec["calib_steps"])
-    from harness.config import SweepConfig
-    from harness.launch import submit
+def start_local_ray(cpus: int = CONCURRENCY) -> float:
+    """Start a fresh local Ray of ``cpus`` CPUs for a bench child; the seconds it took."""
     from harness.launch.ray_setup import ray_env
-    from harness.preflight import default_storage
 
     ray_env(None)
     import ray
@@ -117,7 +111,7 @@ def child(spec_path: Path, out_path: Path) -> None:
     t0 = time.perf_counter()
     for attempt in range(2):  # a raylet on an overloaded machine may miss Ray's 30 s start limit
         try:
-            ray.init(address="local", num_cpus=CONCURRENCY, include_dashboard=False,
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False,
                      logging_level=logging.WARNING,
                      runtime_env={"env_vars": {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}})
             break
@@ -125,7 +119,44 @@ def child(spec_path: Path, out_path: Path) -> None:
             ray.shutdown()
             if attempt:
                 raise
-    ray_init_s = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def bench_child(module: str, spec: dict[str, Any], timeout_s: float, what: str
+                ) -> tuple[dict[str, Any], float]:
+    """Run ``python -m module spec.json out.json`` in a temporary folder with its own MLflow
+    store, storage and data cache (Ray never lives in the bench process); its output and wall."""
+    with tempfile.TemporaryDirectory(prefix="harness-bench-ray-") as tmp:
+        root = Path(tmp)
+        spec_path, out_path = root / "spec.json", root / "out.json"
+        spec_path.write_text(json.dumps(spec))
+        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+        env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
+                "HARNESS_STORAGE": str(root / "storage"), "HARNESS_CACHE": str(root / "cache")}
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            [sys.executable, "-m", module, str(spec_path), str(out_path)],
+            env=env, cwd=root, capture_output=True, text=True, timeout=timeout_s, check=False,
+        )
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0 or not out_path.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+            raise RuntimeError(f"{what} child failed (rc {proc.returncode}): " + " | ".join(tail))
+        return json.loads(out_path.read_text()), wall
+
+
+def child(spec_path: Path, out_path: Path) -> None:
+    """The child process: calibrate, start Ray, submit, read every trial's result.json."""
+    logging.basicConfig(level=logging.WARNING)
+    spec = json.loads(spec_path.read_text())
+    steps = _calibrate(spec["target_train_s"], spec["calib_steps"])
+    from harness.config import SweepConfig
+    from harness.launch import submit
+    from harness.preflight import default_storage
+
+    ray_init_s = start_local_ray()
+    import ray
+
     cpus = ray.cluster_resources().get("CPU")
     sweep = SweepConfig.model_validate(sweep_spec(steps))
     t1 = time.perf_counter()
@@ -148,26 +179,10 @@ def run_scheduling(
     *, target_train_s: float, calib_steps: int = 20, timeout_s: float = 420
 ) -> dict[str, Any]:
     """Run the sweep in a child process; return walls, efficiency and per-trial overhead."""
-    with tempfile.TemporaryDirectory(prefix="harness-bench-ray-") as tmp:
-        root = Path(tmp)
-        spec_path, out_path = root / "spec.json", root / "out.json"
-        spec_path.write_text(json.dumps({"target_train_s": target_train_s,
-                                         "calib_steps": calib_steps}))
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        env |= {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}",
-                "HARNESS_STORAGE": str(root / "storage"), "HARNESS_CACHE": str(root / "cache")}
-        log.info("scheduling: 4-trial sweep on local Ray, concurrency %d", CONCURRENCY)
-        t0 = time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", "harness.bench.scheduling", str(spec_path), str(out_path)],
-            env=env, cwd=root, capture_output=True, text=True, timeout=timeout_s, check=False,
-        )
-        child_wall = time.perf_counter() - t0
-        if proc.returncode != 0 or not out_path.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-            rc = proc.returncode
-            raise RuntimeError(f"scheduling child failed (rc {rc}): " + " | ".join(tail))
-        out = json.loads(out_path.read_text())
+    log.info("scheduling: 4-trial sweep on local Ray, concurrency %d", CONCURRENCY)
+    out, child_wall = bench_child(
+        "harness.bench.scheduling",
+        {"target_train_s": target_train_s, "calib_steps": calib_steps}, timeout_s, "scheduling")
     train = [t["wall_s"] for t in out["trials"]]
     if len(train) != 4 or any(t["status"] != "finished" for t in out["trials"]):
         raise RuntimeError(f"scheduling: expected 4 finished trials, got {out['trials']}")

@@ -35,6 +35,7 @@ from sweeptools import trial_dict
 
 from harness.checkpoint import save_atomic, write_json_atomic
 from harness.config import HarnessError, TrialConfig
+from harness.record import WORK
 from harness.tracking import MemoryTracker
 from harness.train import CKPT, FINAL, RESULT, run_trial
 
@@ -62,10 +63,10 @@ def assert_same_curve(tracker: MemoryTracker, clean: MemoryTracker) -> None:
 
 
 def assert_finished_folder(folder: Path) -> None:
-    """A finished trial keeps its record, its final weights and the set-aside files, nothing
-    else."""
+    """A finished trial keeps its record, its final weights, its work log and the set-aside
+    files, nothing else."""
     left = sorted(p.name for p in folder.iterdir() if ".damaged-" not in p.name)
-    assert left == [FINAL, RESULT], left
+    assert left == [FINAL, RESULT, WORK], left
 
 
 def flip_in_largest_member(data: bytes) -> bytes:
