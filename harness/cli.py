@@ -148,8 +148,8 @@ def _run(sweep: SweepConfig, address: str | None, max_concurrent: int | None) ->
     )
     if s.flops_budgets:
         click.echo(f"training FLOPs: {s.flops_budgets:.3g} for the budgets that ended, "
-                   f"{s.flops_trained:.3g} trained ({s.flops_trained / s.flops_budgets:.2f}x; "
-                   "shared prefixes)")
+                   f"{s.flops_trained:.3g} trained for them "
+                   f"({s.flops_trained / s.flops_budgets:.2f}x: shared prefixes, resumes)")
     if s.interrupted or s.failed:
         click.echo(f"next: {me()} resume {sweep.name}")
         sys.exit(1)

@@ -48,6 +48,8 @@ def why_not_shared(train: TrainConfig) -> str | None:
     start = decay_start(train)
     if start == train.steps:
         return "no cooldown (decay_frac rounds to 0 steps)"
+    if start == 0:
+        return "no stable phase (the cooldown starts at step 0)"
     if warmup_steps(train) > start:
         return "the warmup runs into the cooldown"
     return None
@@ -123,13 +125,6 @@ class SharePlan:
         saved = sum(self.inherited.get(t.hash, 0) * t.train.batch_tokens for t in trials)
         return budgets, budgets - saved
 
-    def flops(self, trials: list[TrialConfig]) -> tuple[float, float]:
-        """Training FLOPs of the budgets, and FLOPs trained with the plan."""
-        budgets = sum(t.total_flops for t in trials)
-        saved = sum(self.inherited.get(t.hash, 0) * t.train.batch_tokens
-                    * t.model.flops_per_token(t.train.seq_len) for t in trials)
-        return budgets, budgets - saved
-
 
 def plan_sharing(trials: list[TrialConfig], store: PrefixStore | None,
                  enabled: bool = True) -> SharePlan:
@@ -158,13 +153,23 @@ def plan_sharing(trials: list[TrialConfig], store: PrefixStore | None,
         starts = sorted({decay_start(t.train) for t in members})
         role = "trunk" if len(members) > 1 else "alone"
         shares[trunk.hash] = Share(key, decay_start(trunk.train), tuple(starts), None, role)
-        have = store.latest(key, decay_start(trunk.train)) if store is not None else []
-        inherited[trunk.hash] = have[0] if have else 0
+        on_disk = store.steps(key) if store is not None else []
+        inherited[trunk.hash] = _latest(on_disk, decay_start(trunk.train))
         for t in members[:-1]:
             start = decay_start(t.train)
-            shares[t.hash] = Share(key, start, (start,), trunk.hash, "branch")
-            inherited[t.hash] = start
+            if start in on_disk or start > inherited[trunk.hash]:
+                shares[t.hash] = Share(key, start, (start,), trunk.hash, "branch")
+                inherited[t.hash] = start
+            else:  # below where the trunk starts, with no checkpoint there: it trains on
+                # from the latest one below (a budget added after its trunk went past it)
+                shares[t.hash] = Share(key, start, (start,), None, "alone")
+                inherited[t.hash] = _latest(on_disk, start)
     return SharePlan(shares, reasons, inherited)
+
+
+def _latest(steps: list[int], at_most: int) -> int:
+    """The largest of ``steps`` at or below ``at_most`` (0: none)."""
+    return max((s for s in steps if s <= at_most), default=0)
 
 
 def describe(plan: SharePlan, trials: list[TrialConfig], index: dict[str, int]) -> dict[str, str]:

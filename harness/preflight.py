@@ -146,8 +146,9 @@ def check_storage(storage: Path, trials: list[TrialConfig], plan: SharePlan | No
     sizes = [checkpoint_bytes(t) for t in trials]
     need = 2 * sum(sizes) + max(sizes, default=0) + sum(final_weights_bytes(t) for t in trials)
     if plan is not None:
-        need += sum(size * len(plan.shares[t.hash].saves)
-                    for t, size in zip(trials, sizes, strict=True) if t.hash in plan.shares)
+        writers = [(plan.shares.get(t.hash), size) for t, size in zip(trials, sizes, strict=True)]
+        need += sum(size * len(share.saves) for share, size in writers
+                    if share is not None and share.trunk is None)  # branches write none
     free = shutil.disk_usage(storage).free
     if free < need:
         raise ConfigError(

@@ -50,6 +50,7 @@ from harness.record import (
     FINAL,
     PREV,
     RESULT,
+    DataChangedError,
     TrialRecord,
     TrialResult,
     clean_up,
@@ -122,7 +123,7 @@ class Trainer:
         self.elapsed = 0.0
         self.window = _Window()  # steps since the last log; checkpointed, so a resumed log
         # averages the same steps as an uninterrupted one
-        self.lineage: dict[str, Any] = {}  # {"from": trunk hash, "step": n}: started from the
+        self.origin: dict[str, Any] = {}  # {"from": trunk hash, "step": n}: started from the
         # prefix checkpoint the trunk saved at step n (harness.prefix)
 
     @property
@@ -144,7 +145,7 @@ class Trainer:
             "rng": torch.get_rng_state(),
             "window": asdict(self.window),
             "data_sha": data_sha(self.data.fingerprint),
-            "lineage": dict(self.lineage),
+            "origin": dict(self.origin),
         }
 
     def load(self, state: dict[str, Any], path: Path | None = None) -> None:
@@ -157,7 +158,7 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         torch.set_rng_state(state["rng"])
         self.window = _Window(**state.get("window", {}))
-        self.lineage = dict(state.get("lineage") or {})
+        self.origin = dict(state.get("origin") or {})
 
     # steps -------------------------------------------------------------------------------------
     def loss_of(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Telemetry]:
@@ -324,12 +325,19 @@ def _start_from_prefix(trainer: Trainer, share: Share, prefixes: PrefixStore) ->
     for step in prefixes.latest(share.lineage, share.start):
         path = prefixes.path(share.lineage, step)
         found = load_latest([path], Trainer.STATE_KEYS, map_location=trainer.device)
-        if found is not None:
+        if found is None:
+            continue
+        try:
             trainer.load(found[1], path)
-            trainer.lineage = {"from": str(found[1].get("saved_by", "")), "step": step}
-            log.info("trial %s starts at step %d from the prefix checkpoint of trial %s",
-                     trainer.trial.hash, step, trainer.lineage["from"])
-            return
+        except DataChangedError as e:  # kept from a run on other data (refused before any of
+            # it is loaded): never mixed in
+            log.warning("trial %s: prefix checkpoint %s skipped: %s", trainer.trial.hash, path,
+                        str(e).splitlines()[0])
+            continue
+        trainer.origin = {"from": str(found[1].get("saved_by", "")), "step": step}
+        log.info("trial %s starts at step %d from the prefix checkpoint of trial %s",
+                 trainer.trial.hash, step, trainer.origin["from"])
+        return
 
 
 def lineage_tags(trainer: Trainer, share: Share | None) -> dict[str, str]:
@@ -337,11 +345,11 @@ def lineage_tags(trainer: Trainer, share: Share | None) -> dict[str, str]:
     with the tokens where it did."""
     if share is None:
         return {}
-    role = share.role if trainer.lineage or share.role != "branch" else "alone"
+    role = share.role if trainer.origin or share.role != "branch" else "alone"
     tags = {"lineage.id": share.lineage, "lineage.role": role}
-    if trainer.lineage:
-        tags["lineage.trunk_hash"] = trainer.lineage["from"]
-        tags["lineage.branch_tokens"] = str(trainer.lineage["step"]
+    if trainer.origin:
+        tags["lineage.trunk_hash"] = trainer.origin["from"]
+        tags["lineage.branch_tokens"] = str(trainer.origin["step"]
                                             * trainer.trial.train.batch_tokens)
     return tags
 
@@ -354,6 +362,7 @@ def _save_prefix(trainer: Trainer, share: Share | None, prefixes: PrefixStore | 
     if path.exists():  # the same state, saved by another trial of the lineage
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_temps(path, older_than=STALE_TEMP_S)  # a killed trunk's half-written one
     save_atomic({**trainer.state(), "saved_by": trainer.trial.hash}, path)
 
 

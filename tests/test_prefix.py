@@ -41,6 +41,7 @@ def test_who_shares_and_why_not() -> None:
     assert "warmup_steps" in str(why_not_shared(trial(25, warmup_steps=None).train))
     assert "no cooldown" in str(why_not_shared(trial(25, decay_frac=0.0).train))
     assert "into the cooldown" in str(why_not_shared(trial(25, warmup_steps=20).train))
+    assert "no stable phase" in str(why_not_shared(trial(25, warmup_steps=0, decay_frac=1.0).train))
     assert lineage_key(trial(25)) == lineage_key(trial(40))
     assert lineage_key(trial(25)) != lineage_key(trial(25, seed=1))
 
@@ -77,6 +78,12 @@ def test_a_longer_budget_added_later_extends_from_the_last_stable_checkpoint(
     assert plan.inherited[trial(64).hash] == 30
     plan = plan_sharing([trial(20)], store)  # shorter, added later: the nearest one below
     assert plan.inherited[trial(20).hash] == 12
+    # beside a longer one that starts past its cooldown start (15): it does not wait for a
+    # checkpoint the trunk will never write
+    plan = plan_sharing([trial(20), trial(64)], store)
+    share = plan.shares[trial(20).hash]
+    assert (share.role, share.trunk, plan.inherited[trial(20).hash]) == ("alone", None, 12)
+    assert plan.inherited[trial(64).hash] == 30
 
 
 def test_branch_equals_the_same_trial_run_alone(tmp_path: Path) -> None:

@@ -66,7 +66,7 @@ def test_budgets_share_a_trunk_equal_their_solo_runs_and_extend(project: Path) -
     assert dry.count("branch of #2") == 2 and "trunk" in dry, dry
     assert "1 trunk, 2 branches" in dry and "(0.62x" in dry, dry
     out = harness("submit", str(path)).stdout
-    assert "3 finished" in out and "(0.62x; shared prefixes)" in out, out
+    assert "3 finished" in out and "(0.62x: shared prefixes" in out, out
     runs = by_steps("ladder")
     trunk = runs[40]
     assert trunk.data.tags["lineage.role"] == "trunk"

@@ -345,8 +345,8 @@ def _prefix(c: dict[str, Any]) -> list[str]:
           f"{r['flops_budgets']:.3g} | {r['flops_trained']:.3g} |"
           for label, r in (("without sharing", un), ("with sharing", sh))),
         "",
-        f"- tokens trained, shared / unshared (measured at this scale): "
-        f"{c['measured_tokens_ratio']:.3g}",
+        f"- tokens trained, shared / unshared (work logs at this scale): "
+        f"{c['tokens_ratio']:.3g}",
         f"- sweep wall, shared / unshared: {c['wall_ratio']:.3g}",
         "",
     ]

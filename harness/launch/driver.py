@@ -22,7 +22,7 @@ from pathlib import Path
 
 from harness.config import SweepConfig, TrialConfig
 from harness.launch.callback import MLflowCallback, tune_callback, tune_stopper
-from harness.launch.ray_setup import init_ray, ray_env
+from harness.launch.ray_setup import init_ray, ray_env, trial_slots
 from harness.launch.search import branch_searcher
 from harness.launch.worker import TrialSpec, trainable
 from harness.locks import exclusive, sweep_lock_path
@@ -107,7 +107,9 @@ def _submit(sweep: SweepConfig, trials: list[TrialConfig], storage: Path, addres
         tune_config=tune.TuneConfig(
             search_alg=branch_searcher(specs, storage),
             num_samples=len(specs),
-            max_concurrent_trials=max_concurrent or sweep.max_concurrent,
+            # always a limit: without one Tune keeps a single searcher trial pending at a time
+            max_concurrent_trials=(max_concurrent or sweep.max_concurrent
+                                   or trial_slots(res.cpu, res.gpu)),
             trial_name_creator=lambda tr: run_name(TrialSpec.of_trial_config(tr.config).config(),
                                                    sweep),
             trial_dirname_creator=lambda tr: TrialSpec.of_trial_config(tr.config).hash,

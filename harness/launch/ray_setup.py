@@ -43,6 +43,15 @@ def init_ray(address: str | None) -> None:
     term_as_interrupt()  # ray.init installs a SIGTERM handler that aborts with a stack dump
 
 
+def trial_slots(cpu: float, gpu: float) -> int:
+    """Trials of ``cpu`` CPUs and ``gpu`` GPUs the Ray cluster can run at once (at least 1)."""
+    import ray
+
+    have = ray.cluster_resources()
+    fits = [have.get("CPU", 0.0) / cpu] + ([have.get("GPU", 0.0) / gpu] if gpu else [])
+    return max(1, int(min(fits)))
+
+
 def term_as_interrupt() -> None:
     """SIGTERM (``timeout``, systemd, Kubernetes, Slurm preemption) stops a sweep the way Ctrl-C
     does: Ray Tune ends the trials cleanly on SIGINT, so SIGTERM is turned into it."""

@@ -40,7 +40,7 @@ class BranchWait:
         """The next trial to start (ready branches first), taken off the list; None if none
         is ready now."""
         ready = [s for s in self.waiting if self.ready(s)]
-        branch = [s for s in ready if (s.share or {}).get("trunk") is not None]
+        branch = [s for s in ready if (share := s.prefix_share()) and share.trunk is not None]
         pick = (branch or ready or [None])[0]
         if pick is not None:
             self.waiting.remove(pick)
