@@ -4,8 +4,8 @@ sharing over without, side by side on one local Ray.
 Tokens: measured from the trials' work logs of the scaled sweep below (the goal's figure),
 beside the ratio the shipped sweep's sharing plan gives (:mod:`harness.prefix`). Wall: the
 shipped sweep takes about half an hour on 2 cores without sharing, so the case
-runs it with every budget (and the warmup, eval and checkpoint intervals) scaled by ``scale``:
-the same 24 trials, arms, seeds and grid, fewer steps each. It is submitted twice in one child
+runs its first seed with every budget (and the warmup, eval and checkpoint intervals) scaled
+by ``scale``: the same arms and budgets grid, fewer steps each. It is submitted twice in one child
 process on one local Ray (2 CPUs, 2 trials at a time), once with ``share_prefixes: false`` and
 once with it on, each with its own storage and experiment; the ratio is shared / unshared
 ``submit`` wall. Per-trial costs that sharing does not remove (worker start, data loading,
@@ -33,10 +33,11 @@ SWEEP = Path(__file__).resolve().parents[2] / "sweeps" / "sparsity.yaml"
 
 
 def scaled_sweep(raw: dict[str, Any], scale: float, name: str, share: bool) -> dict[str, Any]:
-    """The sweep ``raw`` with budgets, warmup, eval and checkpoint intervals times ``scale``."""
+    """The first seed of sweep ``raw`` with budgets, warmup, eval and checkpoint intervals
+    times ``scale``."""
     out = copy.deepcopy(raw)
     out.pop("profiles", None)
-    out.update(name=name, share_prefixes=share, max_failures=0)
+    out.update(name=name, share_prefixes=share, max_failures=0, seeds=out["seeds"][:1])
     train = out["base"]["train"]
     for key in ("eval_every", "checkpoint_every"):
         train[key] = max(train["batch_tokens"], round(train[key] * scale))

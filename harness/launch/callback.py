@@ -28,7 +28,8 @@ class _Live:
 
     tracker: MLflowTracker
     tokens_total: int
-    tokens: int = 0
+    hash: str = ""
+    tokens: int = 0  # trained in this sweep (tokens from a prefix checkpoint not counted)
     status: TrialStatus = TrialStatus.PENDING
     loss: float = float("nan")
     gone: bool = False  # its MLflow run was deleted: reports are dropped
@@ -44,7 +45,7 @@ class MLflowCallback:
     """
 
     def __init__(self, sweep: SweepConfig, trials: list[TrialConfig], store: Store,
-                 done_before: set[str]) -> None:
+                 done_before: set[str], inherited: dict[str, int] | None = None) -> None:
         self.sweep = sweep
         self.store = store
         self.run = store.open_sweep(sweep)
@@ -52,7 +53,11 @@ class MLflowCallback:
         self.done_before = done_before
         todo = [t for t in trials if t.hash not in done_before]
         self.n_todo = len(todo)
-        self.todo_tokens = sum(t.train.tokens_trained for t in todo)
+        # tokens a trial starts with from a prefix checkpoint are not trained here: the
+        # progress line and its ETA count only what is (harness.prefix)
+        self.inherited = inherited or {}
+        self.todo_tokens = sum(t.train.tokens_trained - self.inherited.get(t.hash, 0)
+                               for t in todo)
         self.live: dict[str, _Live] = {}
         self.fatal: StoreFullError | None = None  # set: the sweep stops, the store takes no more
         self.clock = Throughput()
@@ -69,7 +74,8 @@ class MLflowCallback:
             tracker = self.store.open_trial(
                 self.run.experiment_id, trial_hash, run_name(trial, self.sweep), tags
             )
-            self.live[trial_hash] = _Live(tracker=tracker, tokens_total=trial.train.tokens_trained)
+            self.live[trial_hash] = _Live(tracker=tracker, tokens_total=trial.train.tokens_trained,
+                                          hash=trial_hash)
         return self.live[trial_hash]
 
     def on_start(self, trial_hash: str) -> None:
@@ -107,7 +113,8 @@ class MLflowCallback:
             tr.log_params(report.params)
         if report.metrics is not None:
             tr.log_metrics(report.metrics, step=report.step)
-            live.tokens = int(report.metrics.get("tokens", live.tokens))
+            at = int(report.metrics.get("tokens", live.tokens + self.inherited.get(live.hash, 0)))
+            live.tokens = max(0, at - self.inherited.get(live.hash, 0))
             self.clock.observe(sum(lv.tokens for lv in self.live.values()))
             live.loss = report.metrics.get("train/loss", live.loss)
         for name, text in report.artifacts.items():
