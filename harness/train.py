@@ -291,6 +291,19 @@ class Trainer:
         return "\n".join(lines) + "\n"
 
 
+@dataclass
+class _WorkLog:
+    """This process's lines in the trial's work log (``work.log``, :func:`log_work`)."""
+
+    ckpt_dir: Path | None
+    first: int  # the step this process started training at
+    session: str = field(default_factory=lambda: secrets.token_hex(4))
+
+    def note(self, reached: int) -> None:
+        if self.ckpt_dir is not None:
+            log_work(self.ckpt_dir, self.session, self.first, reached)
+
+
 def _replay(tracker: Tracker, rows: list[tuple[int, dict[str, float]]]) -> None:
     for step, metrics in rows:
         tracker.log_metrics(metrics, step=step)
@@ -408,8 +421,12 @@ def run_trial(
     tracker.log_artifact("trial.yaml", trial_yaml(trial))
     tracker.log_artifact("data.json", json.dumps(data.fingerprint, indent=1, sort_keys=True))
     _replay(tracker, trainer.rows)
-    status = _train(trainer, tracker, ckpt_dir, on_log, stop_after,
-                    lambda: _save_prefix(trainer, share, prefixes))
+    work = _WorkLog(ckpt_dir, trainer.step)
+    try:
+        status = _train(trainer, tracker, ckpt_dir, on_log, stop_after,
+                        lambda: _save_prefix(trainer, share, prefixes), work)
+    finally:  # the end, or an exception: what this process trained is noted either way
+        work.note(trainer.step)
     if status == TrialStatus.INTERRUPTED:
         return _result(trainer, status)
     if ckpt_dir is not None:
@@ -441,30 +458,10 @@ def _train(
     on_log: Callable[[int, dict[str, float]], None] | None,
     stop_after: int | None,
     save_prefix: Callable[[], None],
+    work: _WorkLog,
 ) -> TrialStatus:
-    """The loop; returns ``finished``, ``diverged`` or ``interrupted``. Each checkpoint and the
-    end append the steps this process trained to the trial's work log (``work.log``)."""
-    session, first = secrets.token_hex(4), trainer.step
-
-    def work() -> None:
-        if ckpt_dir is not None:
-            log_work(ckpt_dir, session, first, trainer.step)
-
-    try:
-        return _loop(trainer, tracker, ckpt_dir, on_log, stop_after, save_prefix, work)
-    finally:
-        work()
-
-
-def _loop(
-    trainer: Trainer,
-    tracker: Tracker,
-    ckpt_dir: Path | None,
-    on_log: Callable[[int, dict[str, float]], None] | None,
-    stop_after: int | None,
-    save_prefix: Callable[[], None],
-    work: Callable[[], None],
-) -> TrialStatus:
+    """The loop; returns ``finished``, ``diverged`` or ``interrupted``. Each checkpoint notes
+    the step reached in the trial's work log."""
     tc = trainer.trial.train
     eval_steps = max(1, tc.eval_every // tc.batch_tokens)
     ckpt_steps = max(1, tc.checkpoint_every // tc.batch_tokens)
@@ -501,7 +498,7 @@ def _loop(
             save_prefix()
         if ckpt_dir is not None and trainer.step % ckpt_steps == 0 and not last:
             save_atomic(trainer.state(), ckpt_dir / CKPT, previous=ckpt_dir / PREV)
-            work()
+            work.note(trainer.step)
         if stop_after is not None and trainer.step >= stop_after:
             return TrialStatus.INTERRUPTED
     return status
