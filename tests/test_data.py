@@ -298,10 +298,7 @@ def test_synthetic_stationary_law_against_dense_reference() -> None:
 
 def test_synthetic_corpus_load(tmp_path: Path) -> None:
     cfg = DataConfig(corpus="synthetic", synthetic_vocab=64, synthetic_tokens=2_000_000)
-    t0 = time.perf_counter()
-    data = load_data(cfg, tmp_path / "a")
-    gen_s = time.perf_counter() - t0
-    assert gen_s < 3.0, f"2M synthetic tokens took {gen_s:.1f}s"
+    data = load_data(cfg, tmp_path / "a")  # its speed is not a test's business (harness bench)
     assert data.entropy == synthetic_entropy(64, 1, 4, 0) == data.fingerprint["entropy"]
     assert 0 < data.entropy < np.log(4)
     assert len(data.train) == 2_000_000 and len(data.val) == cfg.val_tokens

@@ -137,3 +137,25 @@ def test_a_cosine_branch_would_not_equal_its_solo_run(schedule: str) -> None:
     short, long = trial(25, schedule=schedule), trial(40, schedule=schedule)
     assert lr_multiplier(short.train, 10) != lr_multiplier(long.train, 10)
     assert not plan_sharing([short, long], None).shares
+
+
+def test_branches_wait_for_their_checkpoint_and_then_go_first(tmp_path: Path) -> None:
+    from harness.launch.search import BranchWait
+    from harness.launch.worker import TrialSpec
+
+    trials = [trial(16), trial(40), trial(24, seed=1)]
+    store = PrefixStore(tmp_path)
+    plan = plan_sharing(trials, store)
+    specs = [TrialSpec.of(t, tmp_path, tmp_path, 1, plan.shares.get(t.hash)) for t in trials]
+    wait = BranchWait(specs, store)
+    assert not wait.ready(specs[0])  # its trunk has not reached step 12
+    assert [wait.next(), wait.next()] == [specs[1], specs[2]]  # trunk, then the other lineage
+    assert wait.next() is None  # only the waiting branch is left
+    path = store.path(plan.shares[trials[0].hash].lineage, 12)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"")
+    assert wait.next() == specs[0]
+    other = BranchWait(specs, store)
+    other.ended.add(trials[1].hash)
+    path.unlink()
+    assert other.next() == specs[0]  # the trunk ended without it: the branch goes anyway

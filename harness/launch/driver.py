@@ -53,7 +53,8 @@ class SubmitSummary:
     interrupted: bool
     wall_s: float
     flops_budgets: float = 0.0  # training FLOPs of the trials that ended in this submit, alone
-    flops_trained: float = 0.0  # what they trained here (prefixes shared, retrained steps in)
+    flops_trained: float = 0.0  # what their work logs say they trained (shared prefixes not
+    # counted, steps retrained after a crash counted again)
 
 
 def submit(
