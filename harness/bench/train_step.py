@@ -1,6 +1,6 @@
 """Case 2: one training step of a reference model, ours (AdamW and Muon) against HF, and MFU.
 
-A step is :meth:`harness.train.Trainer.train_step`: batch, forward (bf16 autocast on CUDA),
+A step is :meth:`harness.trainer.Trainer.train_step`: batch, forward (bf16 autocast on CUDA),
 cross-entropy, backward, gradient clipping, optimizer step, router-bias update. ``hf_adamw`` is
 the same step for ``transformers``' ``DeepseekV3ForCausalLM`` holding a copy of our weights, with
 ``torch.optim.AdamW`` and the same clipping. Each round also times a large GEMM (float32 2048^3
@@ -34,7 +34,7 @@ from harness.config import ModelConfig, OptimConfig, TrialConfig
 from harness.data import TokenData, train_batch
 from harness.env import device_peak_flops
 from harness.optim import split_params
-from harness.train import Trainer
+from harness.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
