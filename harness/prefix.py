@@ -119,11 +119,14 @@ class SharePlan:
     reasons: dict[str, str]
     inherited: dict[str, int]
 
+    def inherited_tokens(self, trials: list[TrialConfig]) -> dict[str, int]:
+        """Per trial hash, the tokens it is planned to start with from a prefix checkpoint."""
+        return {t.hash: self.inherited.get(t.hash, 0) * t.train.batch_tokens for t in trials}
+
     def tokens(self, trials: list[TrialConfig]) -> tuple[int, int]:
         """Tokens of the budgets, and tokens trained with the plan."""
         budgets = sum(t.train.tokens_trained for t in trials)
-        saved = sum(self.inherited.get(t.hash, 0) * t.train.batch_tokens for t in trials)
-        return budgets, budgets - saved
+        return budgets, budgets - sum(self.inherited_tokens(trials).values())
 
 
 def plan_sharing(trials: list[TrialConfig], store: PrefixStore | None,

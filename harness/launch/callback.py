@@ -28,7 +28,6 @@ class _Live:
 
     tracker: MLflowTracker
     tokens_total: int
-    hash: str = ""
     tokens: int = 0  # trained in this sweep (tokens from a prefix checkpoint not counted)
     status: TrialStatus = TrialStatus.PENDING
     loss: float = float("nan")
@@ -74,8 +73,7 @@ class MLflowCallback:
             tracker = self.store.open_trial(
                 self.run.experiment_id, trial_hash, run_name(trial, self.sweep), tags
             )
-            self.live[trial_hash] = _Live(tracker=tracker, tokens_total=trial.train.tokens_trained,
-                                          hash=trial_hash)
+            self.live[trial_hash] = _Live(tracker=tracker, tokens_total=trial.train.tokens_trained)
         return self.live[trial_hash]
 
     def on_start(self, trial_hash: str) -> None:
@@ -89,7 +87,7 @@ class MLflowCallback:
         if live.gone or self.fatal is not None:
             return
         try:
-            self._write(live, report)
+            self._write(live, report, self.inherited.get(trial_hash, 0))
         except StoreFullError as e:
             self.fatal = e
             log.error("harness: %s", e)
@@ -102,7 +100,7 @@ class MLflowCallback:
                         "(the other trials go on; resubmit to rerun it)", name)
         self.progress()
 
-    def _write(self, live: _Live, report: Report) -> None:
+    def _write(self, live: _Live, report: Report, inherited: int) -> None:
         live.status = TrialStatus.RUNNING
         tr = live.tracker
         if report.tags:
@@ -113,8 +111,8 @@ class MLflowCallback:
             tr.log_params(report.params)
         if report.metrics is not None:
             tr.log_metrics(report.metrics, step=report.step)
-            at = int(report.metrics.get("tokens", live.tokens + self.inherited.get(live.hash, 0)))
-            live.tokens = max(0, at - self.inherited.get(live.hash, 0))
+            at = int(report.metrics.get("tokens", live.tokens + inherited))
+            live.tokens = max(0, at - inherited)
             self.clock.observe(sum(lv.tokens for lv in self.live.values()))
             live.loss = report.metrics.get("train/loss", live.loss)
         for name, text in report.artifacts.items():

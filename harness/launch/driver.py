@@ -92,8 +92,8 @@ def _submit(sweep: SweepConfig, trials: list[TrialConfig], storage: Path, addres
     if budgets > trained:
         log.info("%s: shared prefixes: %s tokens to train for budgets of %s (%.2fx)",
                  sweep.name, human(trained), human(budgets), trained / budgets)
-    inherited = {t.hash: plan.inherited.get(t.hash, 0) * t.train.batch_tokens for t in todo}
-    cb = MLflowCallback(sweep, trials, store, done_before=set(done), inherited=inherited)
+    cb = MLflowCallback(sweep, trials, store, done_before=set(done),
+                        inherited=plan.inherited_tokens(todo))
     if not todo:
         cb.close(interrupted=False)
         return _summary(cb, trials, len(trials), False, t0)

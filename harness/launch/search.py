@@ -25,14 +25,14 @@ class BranchWait:
     def __init__(self, specs: list[TrialSpec], prefixes: PrefixStore) -> None:
         self.waiting = list(specs)
         self.prefixes = prefixes
-        self.planned = {s.hash for s in specs}
+        self.shares = {s.hash: s.prefix_share() for s in specs}  # parsed once: Tune polls
         self.ended: set[str] = set()
 
     def ready(self, spec: TrialSpec) -> bool:
-        share = spec.prefix_share()
+        share = self.shares[spec.hash]
         if share is None or share.trunk is None:
             return True
-        if share.trunk in self.ended or share.trunk not in self.planned:
+        if share.trunk in self.ended or share.trunk not in self.shares:
             return True
         return self.prefixes.path(share.lineage, share.start).exists()
 
@@ -40,7 +40,7 @@ class BranchWait:
         """The next trial to start (ready branches first), taken off the list; None if none
         is ready now."""
         ready = [s for s in self.waiting if self.ready(s)]
-        branch = [s for s in ready if (share := s.prefix_share()) and share.trunk is not None]
+        branch = [s for s in ready if (share := self.shares[s.hash]) and share.trunk is not None]
         pick = (branch or ready or [None])[0]
         if pick is not None:
             self.waiting.remove(pick)
