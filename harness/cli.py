@@ -236,24 +236,24 @@ def rescore(name: str) -> None:
 @click.option("--experiment", default="train", show_default=True, help="MLflow experiment.")
 @click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Where checkpoints go (default: .harness/checkpoints/<trial hash>).")
-def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None) -> None:
-    """Run one trial in this process (no Ray), logged to MLflow.
+@click.option("--jsonl", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Log to this JSON-lines file instead of MLflow (no MLflow needed).")
+def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None,
+          jsonl: Path | None) -> None:
+    """Run one trial in this process (no Ray), logged to MLflow or to a JSON-lines file.
 
     \b
     Example:
       harness train my_trial.yaml   # a TrialConfig YAML: model/optim/data/train
+      harness train my_trial.yaml --jsonl runs/my_trial.jsonl   # where MLflow is not installed
     """
     from harness.preflight import check_data, check_trial, default_storage
-    from harness.store import Store, check_store
     from harness.train import run_trial
 
     trial = load_trial(trial_file)
     check_trial(trial, str(trial_file))
     check_data([trial])
-    check_store()
-    store = Store()
-    exp = store.ensure_experiment(experiment)
-    tracker = store.open_trial(exp, trial.hash, trial_file.stem, {"sweep": experiment})
+    tracker = _trial_tracker(trial, trial_file.stem, experiment, jsonl)
     ckpt = checkpoint_dir or default_storage() / "checkpoints" / trial.hash
     steps = trial.train.steps
 
@@ -264,7 +264,25 @@ def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None) -> Non
 
     result = run_trial(trial, tracker, ckpt, on_log=on_log)
     click.echo(json.dumps(result.__dict__, indent=1))
-    click.echo(f"next: {me()} ui  (experiment '{experiment}')")
+    click.echo(f"logged to {jsonl}" if jsonl else f"next: {me()} ui  (experiment '{experiment}')")
+
+
+def _trial_tracker(trial: TrialConfig, name: str, experiment: str, jsonl: Path | None) -> Any:
+    """The tracker of ``harness train``: a JSON-lines file, else a run in the MLflow store."""
+    from harness.env import importable
+    from harness.tracking import JsonlTracker
+
+    if jsonl is not None:
+        return JsonlTracker(jsonl)
+    if not importable("mlflow"):
+        raise HarnessError("MLflow is not installed; pass --jsonl FILE to log "
+                           "to a JSON-lines file instead")
+    from harness.store import Store, check_store
+
+    check_store()
+    store = Store()
+    exp = store.ensure_experiment(experiment)
+    return store.open_trial(exp, trial.hash, name, {"sweep": experiment})
 
 
 @cli.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import platform
 import subprocess
 from importlib import metadata
@@ -11,6 +12,16 @@ import torch
 
 # Dense bf16 tensor-core peaks (vendor datasheets), for MFU on CUDA.
 _PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+def importable(module: str) -> bool:
+    """Whether ``module`` imports here: Ray and MLflow are needed by sweeps and the MLflow
+    tracker only, so a lone GPU box can train and bench without them."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def pick_device(choice: str) -> torch.device:

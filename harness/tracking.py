@@ -1,5 +1,5 @@
-"""One narrow logging interface: the Tracker protocol, with MLflow and in-memory backends, and
-the statuses a trial can be in.
+"""One narrow logging interface: the Tracker protocol, with MLflow, JSON-lines and in-memory
+backends, and the statuses a trial can be in.
 
 :class:`MLflowTracker` writes one trial to one MLflow run that :mod:`harness.store` found or
 created (the store owns the layout: experiments, parent runs, which run is whose). A (metric,
@@ -11,11 +11,14 @@ MLflow tracker is used, so a trial runs where MLflow is not installed.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Protocol
 
 from harness.config import HarnessError
@@ -228,3 +231,72 @@ class MLflowTracker:
         self.set_tags({"status": status.value})
         if status.mlflow_status is not None:
             with_retry("end run", self.client.set_terminated, self.run_id, status.mlflow_status)
+
+
+class JsonlTracker:
+    """Logs one trial to a JSON-lines file, for a machine without MLflow (a lone GPU box).
+
+    One object per line, written and flushed as it comes, so a crash loses at most the line being
+    written: ``{"params": {...}}``, ``{"step": N, "metrics": {...}}``, ``{"tags": {...}}``,
+    ``{"artifact": name, "text": ...}``, ``{"status": ...}``. Reopening the file (a resumed trial)
+    reads what is there first, and, like :class:`MLflowTracker`, never writes a (metric, step)
+    point twice. :func:`read_jsonl` reads a file back as a :class:`MemoryTracker`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._seen = {(k, s) for k, points in read_jsonl(path).metrics.items() for s in points}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        cut = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+        self._file = path.open("a", encoding="utf-8")
+        if cut:  # end the line a crash cut short, so the next one starts on its own
+            self._write_raw("\n")
+
+    def _write_raw(self, text: str) -> None:
+        self._file.write(text)
+        self._file.flush()
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        self._write_raw(json.dumps(obj, sort_keys=True) + "\n")
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        self._write({"params": {k: str(v) for k, v in params.items()}})
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        new = {k: float(v) for k, v in metrics.items() if (k, step) not in self._seen}
+        if new:
+            self._seen.update((k, step) for k in new)
+            self._write({"step": step, "metrics": new})
+
+    def log_artifact(self, name: str, text: str) -> None:
+        self._write({"artifact": name, "text": text})
+
+    def set_tags(self, tags: dict[str, str]) -> None:
+        self._write({"tags": {k: str(v) for k, v in tags.items()}})
+
+    def finish(self, status: TrialStatus) -> None:
+        self._write({"status": TrialStatus(status).value})
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+
+def read_jsonl(path: Path) -> MemoryTracker:
+    """What a :class:`JsonlTracker` file holds (empty when there is no file). A last line cut
+    short by a crash is skipped; the status is the last one written (running if none)."""
+    out = MemoryTracker()
+    if not path.exists():
+        return out
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short
+        if "step" in obj:
+            out.log_metrics(obj["metrics"], obj["step"])
+        out.params.update(obj.get("params", {}))
+        out.set_tags(obj.get("tags", {}))
+        if "artifact" in obj:
+            out.log_artifact(obj["artifact"], obj["text"])
+        if "status" in obj:
+            out.finish(obj["status"])
+    return out

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.store import Store
-from harness.tracking import TrialStatus
+from harness.tracking import JsonlTracker, TrialStatus, read_jsonl
 
 
 @pytest.fixture
@@ -68,3 +68,24 @@ def test_trial_status_values_and_done() -> None:
     assert TrialStatus.parse("?") is None and TrialStatus.parse(None) is None
     assert TrialStatus.INTERRUPTED.mlflow_status == "KILLED"
     assert TrialStatus.RUNNING.mlflow_status is None
+
+
+def test_jsonl_tracker_keeps_each_point_once_across_reopens(tmp_path: Path) -> None:
+    path = tmp_path / "runs" / "t.jsonl"
+    first = JsonlTracker(path)
+    first.log_params({"lr": 0.1})
+    first.log_metrics({"loss": 2.0}, step=1)
+    first.log_metrics({"loss": 1.5}, step=2)
+    with path.open("a") as f:
+        f.write('{"step": 3, "metr')  # a line cut short by a crash
+    again = JsonlTracker(path)  # the resumed trial replays steps 1-2, then goes on
+    again.log_metrics({"loss": 9.0}, step=2)
+    again.log_metrics({"loss": 1.2, "lr": 0.1}, step=3)
+    again.set_tags({"status_note": "resumed"})
+    again.log_artifact("trial.yaml", "a: 1\n")
+    again.finish(TrialStatus.FINISHED)
+    run = read_jsonl(path)
+    assert run.history("loss") == [(1, 2.0), (2, 1.5), (3, 1.2)]
+    assert run.params == {"lr": "0.1"} and run.tags == {"status_note": "resumed"}
+    assert run.artifacts == {"trial.yaml": "a: 1\n"} and run.status is TrialStatus.FINISHED
+    assert read_jsonl(tmp_path / "missing.jsonl").status is TrialStatus.RUNNING

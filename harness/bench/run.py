@@ -41,6 +41,7 @@ from harness.bench.timing import (
 )
 from harness.bench.tracking_cost import TrackShape, run_tracking
 from harness.bench.train_step import GPU_MODEL, REFERENCE_MODEL, TrainShape, run_train_step
+from harness.env import importable
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +176,17 @@ def _goals(device: torch.device, cases: dict[str, Any], threads: int) -> list[Go
     return sorted(goals, key=lambda g: GOAL_KEYS.index(g.key))  # stable: thread order kept
 
 
-def _case(name: str, fn: Callable[[], dict[str, Any]], errors: list[str]) -> dict[str, Any]:
-    """Run one case; a failure is recorded (and logged), never raised: the others still run."""
+def _case(name: str, fn: Callable[[], dict[str, Any]], errors: list[str], *,
+          needs: str | None = None, run: bool = True) -> dict[str, Any]:
+    """Run one case; a failure is recorded (and logged), never raised: the others still run.
+
+    ``run`` False (not in this mode) or a ``needs`` package that is not installed (Ray, MLflow
+    on a lone GPU box) skips it, saying why."""
+    if not run:
+        return {"skipped": "not run in this mode"}
+    if needs is not None and not importable(needs):
+        log.info("bench case %s skipped: %s is not installed", name, needs)
+        return {"skipped": f"{needs} is not installed"}
     t0 = time.perf_counter()
     try:
         out = fn()
@@ -229,18 +239,13 @@ def _run_cases(
         budget_s=plan.muon_budget_s), errors)
     cases["tracking"] = _case("tracking", lambda: run_tracking(
         target_s=plan.track_target_s, rounds=plan.track_rounds, device=dev.type,
-        calib_steps=plan.track_calib_steps, shape=plan.track), errors)
-    if scheduling and plan.sched_target_s is not None:
-        target = plan.sched_target_s
-        cases["scheduling"] = _case(
-            "scheduling", lambda: run_scheduling(target_train_s=target), errors)
-    else:
-        cases["scheduling"] = {"skipped": "not run in this mode"}
-    if scheduling and plan.prefix_scale is not None:
-        scale = plan.prefix_scale
-        cases["prefix"] = _case("prefix", lambda: run_prefix_sharing(scale=scale), errors)
-    else:
-        cases["prefix"] = {"skipped": "not run in this mode"}
+        calib_steps=plan.track_calib_steps, shape=plan.track), errors, needs="mlflow")
+    target, scale = plan.sched_target_s, plan.prefix_scale
+    cases["scheduling"] = _case(
+        "scheduling", lambda: run_scheduling(target_train_s=target or 0.0), errors,
+        needs="ray", run=scheduling and target is not None)
+    cases["prefix"] = _case("prefix", lambda: run_prefix_sharing(scale=scale or 1.0), errors,
+                            needs="ray", run=scheduling and scale is not None)
     return cases
 
 

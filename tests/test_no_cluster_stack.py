@@ -1,0 +1,84 @@
+"""A lone GPU box has neither Ray nor MLflow: ``harness train`` and ``harness bench`` still run.
+
+Each test starts a subprocess whose ``PYTHONPATH`` holds stand-in ``ray`` and ``mlflow``
+packages that raise ``ModuleNotFoundError`` on import, as on a machine without them.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from sweeptools import HARNESS, trial_dict
+
+from harness.tracking import TrialStatus, read_jsonl
+
+BLOCKED = ("ray", "mlflow")
+
+
+def _env(project: Path) -> dict[str, str]:
+    """The environment of a child process to which Ray and MLflow are unimportable."""
+    shadow = project / "shadow"
+    for name in BLOCKED:
+        (shadow / name).mkdir(parents=True, exist_ok=True)
+        (shadow / name / "__init__.py").write_text(
+            f"raise ModuleNotFoundError(\"No module named '{name}'\", name={name!r})\n")
+    return {**os.environ, "PYTHONPATH": str(shadow)}
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_the_stand_ins_block_the_imports(project: Path) -> None:
+    out = _run([sys.executable, "-c", "import mlflow"], _env(project))
+    assert out.returncode == 1 and "No module named 'mlflow'" in out.stderr
+    out = _run([sys.executable, "-c", "import ray"], _env(project))
+    assert out.returncode == 1 and "No module named 'ray'" in out.stderr
+
+
+def test_train_without_ray_or_mlflow_logs_to_jsonl(project: Path) -> None:
+    env = _env(project)
+    trial = project / "t.yaml"
+    trial.write_text(yaml.safe_dump(trial_dict(8)))
+    refused = _run([HARNESS, "train", str(trial)], env)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "harness: error: MLflow is not installed; pass --jsonl FILE to log to a JSON-lines file "
+        "instead")
+    log = project / "runs" / "t.jsonl"
+    out = _run([HARNESS, "train", str(trial), "--jsonl", str(log)], env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = read_jsonl(log)
+    assert run.status is TrialStatus.FINISHED
+    assert [s for s, _ in run.history("train/loss")][-1] == 8
+    assert "val/loss" in run.metrics and "test/loss" in run.metrics
+    assert run.params["optim.name"] == "adamw" and "trial.yaml" in run.artifacts
+    # a rerun finds the trial finished: no step is logged twice, nothing trains again
+    lines = len(log.read_text().splitlines())
+    again = _run([HARNESS, "train", str(trial), "--jsonl", str(log)], env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    steps = [line for line in log.read_text().splitlines()[lines:] if '"step"' in line]
+    assert steps == []
+
+
+BENCH = """
+import sys
+from pathlib import Path
+from harness.bench import run_bench
+result = run_bench("cpu", out_dir=Path(sys.argv[1]), tiny=True)
+assert result["errors"] == [], result["errors"]
+print(result["cases"]["tracking"].get("skipped"))
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("ray", "mlflow")))
+"""
+
+
+def test_bench_without_ray_or_mlflow_skips_only_their_cases(project: Path) -> None:
+    out = _run([sys.executable, "-c", BENCH, str(project / "bench")], _env(project))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.splitlines()[-2:] == ["mlflow is not installed", "[]"]
+    md = (project / "bench" / "bench.md").read_text()
+    assert "mlflow is not installed" in md
