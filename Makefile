@@ -8,7 +8,8 @@ PROFILE ?=
 PORT    ?= 5000
 PROFILE_ARG := $(if $(PROFILE),--profile $(PROFILE),)
 
-.PHONY: setup test test-ui test-reliability lint demo sweep plots bench ui docs clean
+.PHONY: setup test test-ui test-reliability lint demo sweep plots bench ui docs clean \
+        gpu-wheels gpu-check
 
 setup: $(STAMP)
 
@@ -65,6 +66,21 @@ ui: setup
 docs: setup
 	$(BIN)/harness schema > docs/yaml-reference.md.tmp
 	mv docs/yaml-reference.md.tmp docs/yaml-reference.md
+
+# The CUDA path on a GPU box that has python with a CUDA torch but no Ray, MLflow or pydantic
+# (docs/cluster.md, "A lone GPU box"). On a machine with the package index: `make gpu-wheels`
+# (pydantic and pytest for Python $(GPU_PYVER), a few MB, into wheels/); copy the checkout with
+# wheels/ to the box; there `make gpu-check` unpacks them into .gpu-deps/ (no pip needed) and
+# runs harness/bench/gpu_check.py: GPU tests, bench, profile trials, packing -> results/gpu/.
+GPU_PY    ?= python3
+GPU_PYVER ?= 3.12
+gpu-wheels: setup
+	$(BIN)/pip download --quiet --dest wheels --only-binary=:all: --python-version $(GPU_PYVER) \
+	  --platform manylinux2014_x86_64 pydantic pytest
+
+gpu-check:
+	$(GPU_PY) -c "import glob, zipfile; [zipfile.ZipFile(w).extractall('.gpu-deps') for w in glob.glob('wheels/*.whl')]"
+	PYTHONPATH=$(CURDIR):$(CURDIR)/.gpu-deps $(GPU_PY) -m harness.bench.gpu_check --out results/gpu
 
 clean:
 	rm -rf .harness mlflow.db mlartifacts results/cache

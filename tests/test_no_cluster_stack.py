@@ -6,6 +6,7 @@ packages that raise ``ModuleNotFoundError`` on import, as on a machine without t
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -82,3 +83,23 @@ def test_bench_without_ray_or_mlflow_skips_only_their_cases(project: Path) -> No
     assert out.stdout.splitlines()[-2:] == ["mlflow is not installed", "[]"]
     md = (project / "bench" / "bench.md").read_text()
     assert "mlflow is not installed" in md
+
+
+def test_gpu_check_runs_at_toy_sizes_without_ray_or_mlflow(project: Path) -> None:
+    """``make gpu-check``'s script, every step at toy sizes on CPU: the files it writes hold
+    each trial's throughput and parity, the packing ratio and the four goals."""
+    out_dir = project / "gpu"
+    out = _run([sys.executable, "-m", "harness.bench.gpu_check", "--tiny", "--out",
+                str(out_dir)], _env(project))
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((out_dir / "bench.json").read_text())
+    assert result["errors"] == [] and result["device"] == "cpu"
+    assert [g["key"] for g in result["goals"]] == [
+        "moe_vs_dense", "mfu_d1024", "packing", "memory_estimate"]
+    assert len(result["trials"]) == 2
+    for runs in result["trials"].values():
+        assert runs["compile_off"]["tokens_per_s"] > 0 and len(runs["compile_off"]["losses"]) == 2
+        # on CPU both sides of the parity check are the float32 path: equal to the bit
+        assert runs["parity"]["device_losses"] == runs["parity"]["cpu_fp32_losses"]
+    assert len(result["packing"]["packed_tokens_per_s"]) == 4 and result["packing"]["ratio"] > 0
+    assert "| packing |" in (out_dir / "bench.md").read_text()

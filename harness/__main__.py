@@ -1,0 +1,5 @@
+"""``python -m harness``: the ``harness`` command where its script is not installed."""
+
+from harness.cli import main
+
+main()
