@@ -217,7 +217,7 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
             _goal("memory_estimate", max(errors) if errors else None)]
 
 
-def run_gpu_check(out_dir: Path, *, tiny: bool = False, steps: int = 20) -> dict[str, Any]:
+def run_gpu_check(out_dir: Path, *, tiny: bool = False, steps: int = 8) -> dict[str, Any]:
     """Every step of the module docstring; writes ``out_dir/bench.{json,md}``. A failing step
     is recorded in ``errors`` and the others still run."""
     from harness.bench.run import run_bench
@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "gpu")
     parser.add_argument("--tiny", action="store_true", help="toy sizes on any device")
-    parser.add_argument("--steps", type=int, default=20, help="timed steps per trial")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per trial")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     result = run_gpu_check(args.out, tiny=args.tiny, steps=args.steps)
