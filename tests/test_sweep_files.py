@@ -98,7 +98,8 @@ def test_heads_doubles_heads_at_equal_tokens(profile: str | None) -> None:
 @pytest.mark.parametrize("profile", [None, "gpu"])
 def test_dense_layers_have_equal_active_params(profile: str | None) -> None:
     ts = trials("dense_layers", profile)
-    assert {t.model.first_k_dense for t in ts} == {0, 1, 3}
+    # the CPU profile cuts the k=0 arm (not K2's claim) to afford seeds; the GPU one keeps it
+    assert {t.model.first_k_dense for t in ts} == ({1, 3} if profile is None else {0, 1, 3})
     assert all(t.model.n_layers >= 4 for t in ts)
     for t in ts:
         m = t.model
