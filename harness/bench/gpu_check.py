@@ -27,13 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from harness.bench.run import run_bench, run_case
 from harness.bench.timing import gemm_flops_per_s, machine
 from harness.config import TrialConfig, load_sweep
 from harness.data import load_data
@@ -168,18 +168,6 @@ def packing(trial: TrialConfig, steps: int, work: Path) -> dict[str, Any]:
             "ratio": sum(packed) / alone}
 
 
-def _timed(name: str, fn: Callable[[], Any], errors: list[str]) -> Any:
-    t0 = time.perf_counter()
-    try:
-        out = fn()
-    except Exception as e:
-        log.exception("gpu-check step %s failed", name)
-        errors.append(f"{name}: {type(e).__name__}: {e}")
-        return {"error": f"{type(e).__name__}: {e}"}
-    log.info("gpu-check %s: %.0fs", name, time.perf_counter() - t0)
-    return out
-
-
 def gpu_tests() -> dict[str, Any]:
     """``pytest -m gpu tests/test_gpu.py`` in a child process: its exit status and summary."""
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m",
@@ -220,8 +208,6 @@ def goals(result: dict[str, Any]) -> list[dict[str, Any]]:
 def run_gpu_check(out_dir: Path, *, tiny: bool = False, steps: int = 8) -> dict[str, Any]:
     """Every step of the module docstring; writes ``out_dir/bench.{json,md}``. A failing step
     is recorded in ``errors`` and the others still run."""
-    from harness.bench.run import run_bench
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if not tiny and device.type != "cuda":
         raise RuntimeError("make gpu-check: no CUDA device is visible (--tiny runs on CPU)")
@@ -229,8 +215,8 @@ def run_gpu_check(out_dir: Path, *, tiny: bool = False, steps: int = 8) -> dict[
     errors: list[str] = []
     t0 = time.perf_counter()
     result: dict[str, Any] = {"machine": machine(device), "device": device.type, "tiny": tiny}
-    result["tests"] = ({"skipped": "tiny run"} if tiny else _timed("tests", gpu_tests, errors))
-    result["bench"] = _timed("bench", lambda: run_bench(
+    result["tests"] = ({"skipped": "tiny run"} if tiny else run_case("tests", gpu_tests, errors))
+    result["bench"] = run_case("bench", lambda: run_bench(
         device.type, quick=True, out_dir=out_dir / "harness-bench", tiny=tiny,
         scheduling=False), errors)
     peak = gemm_flops_per_s(256 if tiny else 8192, device,
@@ -238,17 +224,17 @@ def run_gpu_check(out_dir: Path, *, tiny: bool = False, steps: int = 8) -> dict[
     result["gemm_peak_flops"] = peak
     result["trials"] = {}
     for name, trial in profile_trials(tiny).items():
-        runs = {f"compile_{'on' if c else 'off'}": _timed(
+        runs = {f"compile_{'on' if c else 'off'}": run_case(
             f"{name} compile {c}", lambda t=trial, c=c: run_profile_trial(
                 t, device, peak, 2 if tiny else steps, c), errors)
             for c in ((False,) if tiny else (False, True))}
-        runs["parity"] = _timed(f"{name} parity", lambda t=trial: loss_parity(t, device), errors)
+        runs["parity"] = run_case(f"{name} parity", lambda t=trial: loss_parity(t, device), errors)
         result["trials"][name] = runs
     smoke = load_sweep(SWEEPS / "smoke.yaml", "gpu").expand()[0]
     if tiny:
         smoke = profile_trials(True)[next(iter(profile_trials(True)))]
     with tempfile.TemporaryDirectory() as work:
-        result["packing"] = _timed("packing", lambda: packing(
+        result["packing"] = run_case("packing", lambda: packing(
             smoke, 8 if tiny else 300, Path(work)), errors)
     result["goals"] = goals(result)
     result["errors"] = errors

@@ -176,7 +176,7 @@ def _goals(device: torch.device, cases: dict[str, Any], threads: int) -> list[Go
     return sorted(goals, key=lambda g: GOAL_KEYS.index(g.key))  # stable: thread order kept
 
 
-def _case(name: str, fn: Callable[[], dict[str, Any]], errors: list[str], *,
+def run_case(name: str, fn: Callable[[], dict[str, Any]], errors: list[str], *,
           needs: str | None = None, run: bool = True) -> dict[str, Any]:
     """Run one case; a failure is recorded (and logged), never raised: the others still run.
 
@@ -210,7 +210,7 @@ def _threaded(
     runs: dict[str, Any] = {}
     for n in counts:
         with torch_threads(n):
-            runs[str(n)] = {"threads": n, **_case(f"{name} at {n} threads", fn, errors)}
+            runs[str(n)] = {"threads": n, **run_case(f"{name} at {n} threads", fn, errors)}
     return {"threads": list(counts), "by_threads": runs}
 
 
@@ -234,17 +234,17 @@ def _run_cases(
         plan.train, dev, warmup=plan.train_rounds[0], repeats=plan.train_rounds[1],
         budget_s=plan.train_budget_s, hf_experts_impls=hf_impls, profile=plan.profile),
         plan.threads, errors)
-    cases["muon"] = _case("muon", lambda: run_muon_step(
+    cases["muon"] = run_case("muon", lambda: run_muon_step(
         plan.train.model_config(), dev, warmup=plan.muon_rounds[0], repeats=plan.muon_rounds[1],
         budget_s=plan.muon_budget_s), errors)
-    cases["tracking"] = _case("tracking", lambda: run_tracking(
+    cases["tracking"] = run_case("tracking", lambda: run_tracking(
         target_s=plan.track_target_s, rounds=plan.track_rounds, device=dev.type,
         calib_steps=plan.track_calib_steps, shape=plan.track), errors, needs="mlflow")
     target, scale = plan.sched_target_s, plan.prefix_scale
-    cases["scheduling"] = _case(
+    cases["scheduling"] = run_case(
         "scheduling", lambda: run_scheduling(target_train_s=target or 0.0), errors,
         needs="ray", run=scheduling and target is not None)
-    cases["prefix"] = _case("prefix", lambda: run_prefix_sharing(scale=scale or 1.0), errors,
+    cases["prefix"] = run_case("prefix", lambda: run_prefix_sharing(scale=scale or 1.0), errors,
                             needs="ray", run=scheduling and scale is not None)
     return cases
 
