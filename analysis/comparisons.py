@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -260,9 +261,25 @@ def paired_change(label: str, base: str, pairs: list[Pair]) -> PairedChange:
                         POWER_FACTOR * largest.se, len(at), name)
 
 
+def _where(sel: pd.DataFrame, where: dict[str, Any], parts: Parts) -> pd.DataFrame:
+    """The rows of ``sel`` with the settings ``analysis.claim.where`` names (all without it)."""
+    for key, value in where.items():
+        if key not in sel.columns:  # runs of an older harness that did not log the key
+            parts.say(f"No paired change: the runs do not log `{key}` "
+                      "(`analysis.claim.where`).")
+            return sel.iloc[0:0]
+        sel = sel[sel[key].map(lambda v, value=value: same_value(v, value))]
+    if where:
+        shown = ", ".join(f"{k} = {v}" for k, v in where.items())
+        parts.say(f"The paired changes read only the runs with {shown} (`analysis.claim.where`:"
+                  " the setting the claim is made at); the other runs are reported above.")
+    return sel
+
+
 def paired_changes(d: Design, parts: Parts) -> None:
-    """Final-loss change of each arm over its paired baseline runs (same condition, seed)."""
-    sel = d.runs.frame[d.runs.frame["selected"]]
+    """Final-loss change of each arm over its paired baseline runs (same condition, seed), on
+    the runs ``analysis.claim.where`` names."""
+    sel = _where(d.runs.frame[d.runs.frame["selected"]], d.where, parts)
     key = ["condition", "seed"]
     cols = [REPORTED, "flops"]
     base_runs = sel[sel["arm_label"] == d.base].groupby(key)[cols].mean()

@@ -71,6 +71,7 @@ class Design:
     n_seeds: int
     flop_rate: dict[str, float]
     read_at: float | str = "largest_budget"
+    where: dict[str, Any] = field(default_factory=dict)  # analysis.claim.where
 
     @property
     def unit(self) -> str:

@@ -324,8 +324,9 @@ def _design(name: str, runs: Runs, points: FitPoints, curves: pd.DataFrame, spec
     flop_rate = {str(a): float(rate.reindex(g["run_id"]).median())
                  for a, g in sel.groupby("arm_label") if len(rate.reindex(g["run_id"]).dropna())}
     read_at = spec.claim.read_at if spec.claim is not None else "largest_budget"
+    where = dict(spec.claim.where) if spec.claim is not None else {}
     return Design(name, runs, points, tuple(runs.arms()), base, n_boot, seed, n_seeds >= 2,
-                  n_seeds, flop_rate, read_at)
+                  n_seeds, flop_rate, read_at, where)
 
 
 def study(name: str, collected: Collected, spec: AnalysisSpec, axes: list[str] | None = None,

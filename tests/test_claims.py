@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -20,7 +21,7 @@ from analysis.results import (
     PairedChange,
 )
 from analysis.wording import Verdict, percent, times
-from harness.config.sweep import AnalysisSpec, ClaimSpec
+from harness.config.sweep import AnalysisSpec, ClaimSpec, SweepConfig
 
 EFFECT = ClaimSpec(text="x is better", kind="effect", arms=["a"], published=1.3)
 WORSE = ClaimSpec(text="x is worse", kind="effect", direction="worse", arms=["a"])
@@ -116,3 +117,23 @@ def test_claims_are_declared_and_validated() -> None:
             "text": "t", "kind": "effect", "arms": [1]}})
     with pytest.raises(ValidationError, match="margin"):
         ClaimSpec(text="t", kind="no_penalty", margin=0, arms=[1])
+
+
+def test_claim_where_names_a_grid_value_of_a_loss_claim() -> None:
+    claim = {"text": "t", "kind": "no_penalty", "measure": "loss", "arms": [30]}
+    base = {"name": "clip", "grid": {"optim.lr": [0.02, 0.05], "optim.qk_clip_tau": [None, 30]},
+            "analysis": {"kind": "logits", "arm": "optim.qk_clip_tau"}}
+
+    def sweep(where: dict[str, Any]) -> SweepConfig:
+        return SweepConfig.model_validate(
+            {**base, "analysis": {**base["analysis"], "claim": {**claim, "where": where}}})
+
+    assert sweep({"optim.lr": 0.02}).analysis.claim.where == {"optim.lr": 0.02}
+    with pytest.raises(ValidationError, match=r"analysis\.claim\.where\.optim\.momentum: not a "
+                       "grid or zip key"):
+        sweep({"optim.momentum": 0.9})
+    with pytest.raises(ValidationError, match=r"analysis\.claim\.where\.optim\.lr: 0\.03 is not "
+                       r"among the axis values \[0\.02, 0\.05\]"):
+        sweep({"optim.lr": 0.03})
+    with pytest.raises(ValidationError, match="only a loss claim"):
+        ClaimSpec(text="t", kind="effect", arms=[1], where={"optim.lr": 0.02})

@@ -352,3 +352,27 @@ def test_plots_keep_the_repositorys_sweeps_apart_from_a_users(
     assert {p.parts[1] for p in routed[Path("results-local")] if p.suffix == ".png"} == {
         "tiny", "onearm"}
     assert "## tiny" not in (tmp_path / "results" / "report.md").read_text()
+
+
+def test_claim_where_reads_the_paired_change_at_the_claims_setting() -> None:
+    """The clip helps only at a raised lr (planted -10%); read where the claim is made (the
+    tuned lr) the paired change is ~0, read over every lr it is not."""
+    trials = [{"optim": {"name": "muon"}}, {"optim": {"name": "muon", "qk_clip_tau": 30}}]
+    data = synthetic(trials, 2, lrs=(0.01, 0.05))
+    helped = data.runs["optim.qk_clip_tau"].notna() & (data.runs["optim.lr"] == 0.05)
+    data.runs.loc[helped, "final_val_loss"] *= 0.9
+    claim = {"text": "clip costs nothing", "kind": "no_penalty", "measure": "loss",
+             "margin": 0.01, "arms": [30]}
+
+    def read(where: dict[str, Any]) -> tuple[pd.DataFrame, list[str]]:
+        spec = AnalysisSpec(kind="logits", arm="optim.qk_clip_tau",
+                            claim={**claim, "where": where})
+        result = study("clip", data, spec, n_boot=0)
+        return result.tables["final_loss_changes"], [f.text for f in result.findings]
+
+    everywhere, _ = read({})
+    tuned, texts = read({"optim.lr": 0.01})
+    assert everywhere["rel_change"].min() < -0.09 and len(everywhere) == 4
+    assert len(tuned) == 2 and tuned["condition"].str.startswith("lr=0.01").all()
+    assert tuned["rel_change"].abs().max() < 0.01
+    assert any("read only the runs with optim.lr = 0.01" in t for t in texts)

@@ -144,11 +144,17 @@ class ClaimSpec(Frozen):
         "largest_budget: the lowest loss both arms reached at their largest common budget")
     differ: str = Field("", description="why a small-scale run might not show the published "
                         "result (shown beside a verdict that does not agree)")
+    where: dict[str, float | int | str | None] = Field(
+        default_factory=dict, description="loss claims: the paired read-out uses only the runs "
+        "with these grid or zip values (dotted keys, e.g. {optim.lr: 0.02}: the setting the "
+        "claim is made at); every run is still reported")
 
     @model_validator(mode="after")
     def _check(self) -> Self:
         if self.published is not None and self.measure == "multiplier" and self.published <= 0:
             raise ValueError("published: a multiplier must be > 0")
+        if self.where and self.measure != "loss":
+            raise ValueError("where: only a loss claim (measure: loss) reads a subset of runs")
         return self
 
 
@@ -252,6 +258,14 @@ class SweepConfig(Frozen):
         n *= len(next(iter(self.zip.values()))) if self.zip else 1
         if n > MAX_TRIALS:
             raise ValueError(f"grid x zip x seeds gives {n} trials; at most {MAX_TRIALS}")
+        claim = self.analysis.claim
+        for key, value in (claim.where if claim is not None else {}).items():
+            axis = self.grid.get(key, self.zip.get(key))
+            if axis is None:
+                raise ValueError(f"analysis.claim.where.{key}: not a grid or zip key")
+            if value not in axis:
+                raise ValueError(f"analysis.claim.where.{key}: {value!r} is not among the "
+                                 f"axis values {axis}")
         return self
 
     @property
