@@ -29,7 +29,7 @@ from analysis.inference import POWER_FACTOR, noise_of, t_interval
 from analysis.laws import FRONTIERS, SparsityLawFit, compute_multiplier, fit_sparsity_law
 from analysis.parts import Design, FigureJob, Parts
 from analysis.plots import LossVsCompute, Multipliers, plot_loss_vs_compute, plot_multipliers
-from analysis.points import REPORTED, same_value
+from analysis.points import REPORTED, rows_where, same_value
 from analysis.references import K2_MONOTONE, reference
 from analysis.results import (
     Estimate,
@@ -263,12 +263,12 @@ def paired_change(label: str, base: str, pairs: list[Pair]) -> PairedChange:
 
 def _where(sel: pd.DataFrame, where: dict[str, Any], parts: Parts) -> pd.DataFrame:
     """The rows of ``sel`` with the settings ``analysis.claim.where`` names (all without it)."""
-    for key, value in where.items():
-        if key not in sel.columns:  # runs of an older harness that did not log the key
-            parts.say(f"No paired change: the runs do not log `{key}` "
-                      "(`analysis.claim.where`).")
-            return sel.iloc[0:0]
-        sel = sel[sel[key].map(lambda v, value=value: same_value(v, value))]
+    missing = [key for key in where if key not in sel.columns]
+    if missing:  # runs of an older harness that did not log the key
+        parts.say(f"No paired change: the runs do not log `{missing[0]}` "
+                  "(`analysis.claim.where`).")
+        return sel.iloc[0:0]
+    sel = rows_where(sel, where)
     if where:
         shown = ", ".join(f"{k} = {v}" for k, v in where.items())
         parts.say(f"The paired changes read only the runs with {shown} (`analysis.claim.where`:"

@@ -24,7 +24,7 @@ resample whole runs; the note says that these stable-phase points are not cooled
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -80,6 +80,14 @@ def same_value(a: Any, b: Any) -> bool:
         return float(a) == float(b)
     except (TypeError, ValueError):
         return str(a) == str(b)
+
+
+def rows_where(frame: pd.DataFrame, where: Mapping[str, Any]) -> pd.DataFrame:
+    """The rows of ``frame`` whose columns hold the values ``where`` names
+    (``analysis.claim.where``); KeyError for a column the frame lacks."""
+    for key, value in where.items():
+        frame = frame[frame[key].map(lambda v, value=value: same_value(v, value))]
+    return frame
 
 
 @dataclass(frozen=True)

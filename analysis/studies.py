@@ -60,6 +60,7 @@ from analysis.points import (
     arm_label,
     fit_points,
     fmt_value,
+    rows_where,
     same_value,
     select_best,
     throughput,
@@ -230,9 +231,11 @@ def traces(runs: Runs, curves: pd.DataFrame, order: list[str], parts: Parts, nam
             parts.say(text, ref)
 
 
-def routing(runs: Runs, curves: pd.DataFrame, parts: Parts) -> dict[str, tuple[int, int]]:
+def routing(runs: Runs, curves: pd.DataFrame, parts: Parts,
+            where: dict[str, Any] | None = None) -> dict[str, tuple[int, int]]:
     """Routing health of the used runs (``analysis.telemetry``): a table, a finding, and the
-    (healthy, judged) counts per arm that the verdicts read."""
+    (healthy, judged) counts per arm that the verdicts read: of the runs with the settings
+    ``where`` (``analysis.claim.where``) when given, as the claim reads only those."""
     if curves.empty:
         return {}
     used = runs.frame.loc[runs.frame["selected"], "run_id"]
@@ -241,7 +244,9 @@ def routing(runs: Runs, curves: pd.DataFrame, parts: Parts) -> dict[str, tuple[i
         return {}
     parts.tables["routing"] = table
     parts.say(health_sentence(table))
-    return health_counts(table)
+    where = {k: v for k, v in (where or {}).items() if k in runs.frame.columns}
+    read = rows_where(runs.frame, where)["run_id"]
+    return health_counts(table[table["run_id"].isin(read)])
 
 
 def with_conditions(display: pd.DataFrame, runs: Runs) -> pd.DataFrame:
@@ -360,7 +365,7 @@ def study(name: str, collected: Collected, spec: AnalysisSpec, axes: list[str] |
     final_losses(runs, order, parts, name)
     if spec.kind != "logits":
         traces(runs, collected.curves, order, parts, name, spec.best_of)
-    health = routing(runs, collected.curves, parts)
+    health = routing(runs, collected.curves, parts, spec.claim.where if spec.claim else None)
     keep = [c for c in ("run_id", "name", "status", "arm_label", "condition", "seed",
                         spec.best_of, "tokens", "flops", "final_train_loss", "final_val_loss",
                         "params_active", "params_total", "sparsity", "selected")
