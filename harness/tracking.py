@@ -245,9 +245,10 @@ class JsonlTracker:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._seen = {(k, s) for k, points in read_jsonl(path).metrics.items() for s in points}
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        self._seen = {(k, s) for k, points in parse_jsonl(text).metrics.items() for s in points}
         path.parent.mkdir(parents=True, exist_ok=True)
-        cut = path.exists() and path.stat().st_size > 0 and not path.read_bytes().endswith(b"\n")
+        cut = bool(text) and not text.endswith("\n")
         self._file = path.open("a", encoding="utf-8")
         if cut:  # end the line a crash cut short, so the next one starts on its own
             self._write_raw("\n")
@@ -281,12 +282,15 @@ class JsonlTracker:
 
 
 def read_jsonl(path: Path) -> MemoryTracker:
-    """What a :class:`JsonlTracker` file holds (empty when there is no file). A last line cut
-    short by a crash is skipped; the status is the last one written (running if none)."""
+    """What a :class:`JsonlTracker` file holds (empty when there is no file)."""
+    return parse_jsonl(path.read_text(encoding="utf-8") if path.exists() else "")
+
+
+def parse_jsonl(text: str) -> MemoryTracker:
+    """The run a :class:`JsonlTracker` file's text holds. A line cut short by a crash is
+    skipped; the status is the last one written (running if none)."""
     out = MemoryTracker()
-    if not path.exists():
-        return out
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in text.splitlines():
         try:
             obj = json.loads(line)
         except json.JSONDecodeError:

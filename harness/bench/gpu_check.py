@@ -36,6 +36,7 @@ import yaml
 from harness.bench.run import run_bench, run_case
 from harness.bench.timing import gemm_flops_per_s, machine
 from harness.config import TrialConfig, load_sweep
+from harness.config.sweep import set_dotted
 from harness.data import load_data
 from harness.memory import estimate_bytes
 from harness.tracking import read_jsonl
@@ -63,11 +64,7 @@ def _variant(trial: TrialConfig, **dotted: Any) -> TrialConfig:
     """``trial`` with the dotted keys replaced (``train__tokens=...`` sets train.tokens)."""
     raw = trial.model_dump()
     for key, value in dotted.items():
-        *path, last = key.split("__")
-        node = raw
-        for part in path:
-            node = node[part]
-        node[last] = value
+        set_dotted(raw, key.replace("__", "."), value)
     return TrialConfig.model_validate(raw)
 
 
@@ -223,16 +220,16 @@ def run_gpu_check(out_dir: Path, *, tiny: bool = False, steps: int = 8) -> dict[
                             torch.bfloat16 if device.type == "cuda" else torch.float32)
     result["gemm_peak_flops"] = peak
     result["trials"] = {}
-    for name, trial in profile_trials(tiny).items():
+    trials = profile_trials(tiny)
+    for name, trial in trials.items():
         runs = {f"compile_{'on' if c else 'off'}": run_case(
             f"{name} compile {c}", lambda t=trial, c=c: run_profile_trial(
                 t, device, peak, 2 if tiny else steps, c), errors)
             for c in ((False,) if tiny else (False, True))}
         runs["parity"] = run_case(f"{name} parity", lambda t=trial: loss_parity(t, device), errors)
         result["trials"][name] = runs
-    smoke = load_sweep(SWEEPS / "smoke.yaml", "gpu").expand()[0]
-    if tiny:
-        smoke = profile_trials(True)[next(iter(profile_trials(True)))]
+    smoke = next(iter(trials.values())) if tiny else load_sweep(SWEEPS / "smoke.yaml",
+                                                                "gpu").expand()[0]
     with tempfile.TemporaryDirectory() as work:
         result["packing"] = run_case("packing", lambda: packing(
             smoke, 8 if tiny else 300, Path(work)), errors)

@@ -177,7 +177,7 @@ def _goals(device: torch.device, cases: dict[str, Any], threads: int) -> list[Go
 
 
 def run_case(name: str, fn: Callable[[], dict[str, Any]], errors: list[str], *,
-          needs: str | None = None, run: bool = True) -> dict[str, Any]:
+             needs: str | None = None, run: bool = True) -> dict[str, Any]:
     """Run one case; a failure is recorded (and logged), never raised: the others still run.
 
     ``run`` False (not in this mode) or a ``needs`` package that is not installed (Ray, MLflow
@@ -244,8 +244,8 @@ def _run_cases(
     cases["scheduling"] = run_case(
         "scheduling", lambda: run_scheduling(target_train_s=target or 0.0), errors,
         needs="ray", run=scheduling and target is not None)
-    cases["prefix"] = run_case("prefix", lambda: run_prefix_sharing(scale=scale or 1.0), errors,
-                            needs="ray", run=scheduling and scale is not None)
+    cases["prefix"] = run_case("prefix", lambda: run_prefix_sharing(scale=scale or 1.0),
+                               errors, needs="ray", run=scheduling and scale is not None)
     return cases
 
 
