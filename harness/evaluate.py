@@ -25,12 +25,19 @@ def eval_sets(trial: TrialConfig, data: TokenData) -> tuple[Batches, Batches]:
             eval_batches(data.test, tc.seq_len, trial.data.eval_test_tokens, micro_bs, "test"))
 
 
-@torch.no_grad()
 def mean_loss(model: torch.nn.Module, forward: Callable[..., Any], batches: Batches,
               device: torch.device) -> float:
     """Mean cross-entropy (nats per token) of ``forward`` over ``batches`` of (inputs, targets)
     (B, T), ``model`` in eval mode, bf16 autocast on CUDA as in training: the one evaluation the
     trainer and ``harness rescore`` share, so both give the same number for the same weights."""
+    return float(torch.stack(batch_losses(model, forward, batches, device)).mean())
+
+
+@torch.no_grad()
+def batch_losses(model: torch.nn.Module, forward: Callable[..., Any], batches: Batches,
+                 device: torch.device) -> list[torch.Tensor]:
+    """Each batch's mean cross-entropy (0-d tensors), as :func:`mean_loss` averages them; a
+    multi-worker trial sums its ranks' shares of these."""
     model.eval()
     losses = []
     for x, y in batches:
@@ -38,4 +45,4 @@ def mean_loss(model: torch.nn.Module, forward: Callable[..., Any], batches: Batc
             logits, _ = forward(x.to(device))  # (B, T, V)
         losses.append(F.cross_entropy(logits.float().flatten(0, 1), y.to(device).flatten()))
     model.train()
-    return float(torch.stack(losses).mean())
+    return losses

@@ -22,6 +22,7 @@ from harness.store import default_tracking_uri
 def check_sweep(sweep: SweepConfig, source: str | None = None) -> None:
     """Every trial of the sweep fits this machine's memory (:mod:`harness.memory`); the error
     names the trial by its axis values, after ``source`` (the sweep file) when given."""
+    check_workers(sweep)
     for label, trial in sweep.labelled_trials():
         check_trial(trial, f"{source}: {label}" if source else label)
 
@@ -163,18 +164,31 @@ def final_weights_bytes(trial: TrialConfig) -> int:
     return 4 * trial.model.param_counts().total + 65536
 
 
-def check_resources(sweep: SweepConfig) -> None:
-    """A trial that no node can ever host would wait forever: fail now, naming the key."""
+def check_resources(sweep: SweepConfig, workers: int = 1) -> None:
+    """A trial that no node can ever host would wait forever: fail now, naming the key.
+    ``workers``: the most ``train.workers`` of a trial to run (resources are per worker)."""
     import ray
 
     have = ray.cluster_resources()
     res = sweep.resources
     for key, want in (("cpu", res.cpu), ("gpu", res.gpu)):
-        if want > have.get(key.upper(), 0.0):
+        total = want * workers
+        if total > have.get(key.upper(), 0.0):
+            times = f" x train.workers {workers} = {total:g}" if workers > 1 else ""
             raise ConfigError(
-                f"resources.{key} ({want:g}) exceeds what the Ray cluster has "
+                f"resources.{key} ({want:g}{times}) exceeds what the Ray cluster has "
                 f"({have.get(key.upper(), 0.0):g}); use --address with a bigger cluster or "
                 "another --profile"
             )
+
+
+def check_workers(sweep: SweepConfig) -> None:
+    """A multi-worker trial on CUDA needs whole GPUs per worker (nccl: one rank per GPU)."""
+    gpu = sweep.resources.gpu
+    wide = [t for t in sweep.expand() if t.train.workers > 1]
+    if wide and gpu and gpu != int(gpu):
+        raise ConfigError(
+            f"resources.gpu ({gpu:g}): a trial of train.workers {wide[0].train.workers} needs a "
+            "whole number of GPUs per worker (nccl runs one rank per GPU)")
 
 

@@ -7,6 +7,12 @@ uninterrupted one exactly. A finished trial leaves ``result.json`` and its final
 ``final.pt`` (model only, fp32; what ``harness rescore`` evaluates) and is never run twice.
 Batches are a pure function of (seed, step), so no data state is needed to resume.
 
+Data parallel (``world``, :mod:`harness.distributed`): every rank runs this same function in
+lockstep. Rank 0 reads the data cache and the trial's record and checkpoints first (setting aside
+what is damaged), then the others read what it chose; only rank 0 writes checkpoints, prefix
+checkpoints, the work log, the record and the final weights. Every rank calls the tracker at the
+same points (Ray Train's report is a barrier); only rank 0's tracker reports.
+
 Evaluation: ``val/loss`` (the validation set, for selection) at every ``train.eval_every`` tokens
 and at the last step; ``test/loss`` (the test set, for the numbers reported) at the last step of a
 finished trial only, which keeps its cost to one more pass (see docs/design.md).
@@ -38,6 +44,7 @@ from harness.checkpoint import (
 )
 from harness.config import TrialConfig
 from harness.data import load_data, split_ids
+from harness.distributed import World
 from harness.env import environment_tags, pick_device
 from harness.prefix import PrefixStore, Share
 from harness.record import (
@@ -91,21 +98,45 @@ def _finished(tracker: Tracker, record: TrialRecord) -> TrialResult:
     return record.result
 
 
-def _resume(trainer: Trainer, ckpt_dir: Path) -> None:
-    """Load the newest checkpoint that reads back whole (damaged ones are set aside)."""
+def _resume(trainer: Trainer, ckpt_dir: Path) -> Path | None:
+    """Load the newest checkpoint that reads back whole (damaged ones are set aside); returns
+    the one loaded."""
     remove_temps(ckpt_dir / CKPT, older_than=STALE_TEMP_S)
     found = load_latest([ckpt_dir / CKPT, ckpt_dir / PREV], Trainer.STATE_KEYS,
                         map_location=trainer.device)
-    if found is not None:
-        path, state = found
-        trainer.load(state, path)
-        log.info("trial %s resumed at step %d from %s", trainer.trial.hash, trainer.step,
-                 path.name)
+    if found is None:
+        return None
+    path, state = found
+    trainer.load(state, path)
+    log.info("trial %s resumed at step %d from %s", trainer.trial.hash, trainer.step, path.name)
+    return path
 
 
-def _start_from_prefix(trainer: Trainer, share: Share, prefixes: PrefixStore) -> None:
+def _start(trainer: Trainer, ckpt_dir: Path | None, share: Share | None,
+           prefixes: PrefixStore | None) -> None:
+    """Resume from the trial's own checkpoint, else start from its lineage's prefix checkpoint,
+    else from step 0. Several ranks: rank 0 chooses (and sets aside what is damaged), the others
+    load the file it loaded."""
+    world = trainer.world
+    chosen: Path | None = None
+    if world.main:
+        if ckpt_dir is not None:
+            chosen = _resume(trainer, ckpt_dir)
+        if trainer.step == 0 and share is not None and prefixes is not None:
+            chosen = _start_from_prefix(trainer, share, prefixes)
+    path, origin = world.from_main((chosen, trainer.origin))
+    if not world.main and path is not None:
+        found = load_latest([path], Trainer.STATE_KEYS, map_location=trainer.device)
+        if found is None:
+            raise RuntimeError(f"rank {world.rank}: cannot read {path}, which rank 0 loaded")
+        trainer.load(found[1], path)
+        trainer.origin = dict(origin)
+
+
+def _start_from_prefix(trainer: Trainer, share: Share, prefixes: PrefixStore) -> Path | None:
     """A trial with no checkpoint of its own starts from the latest prefix checkpoint of its
-    lineage at or before its cooldown start (:mod:`harness.prefix`); none: from step 0."""
+    lineage at or before its cooldown start (:mod:`harness.prefix`); none: from step 0.
+    Returns the checkpoint loaded."""
     for step in prefixes.latest(share.lineage, share.start):
         path = prefixes.path(share.lineage, step)
         found = load_latest([path], Trainer.STATE_KEYS, map_location=trainer.device)
@@ -121,7 +152,8 @@ def _start_from_prefix(trainer: Trainer, share: Share, prefixes: PrefixStore) ->
         trainer.origin = {"from": str(found[1].get("saved_by", "")), "step": step}
         log.info("trial %s starts at step %d from the prefix checkpoint of trial %s",
                  trainer.trial.hash, step, trainer.origin["from"])
-        return
+        return path
+    return None
 
 
 def lineage_tags(trainer: Trainer, share: Share | None) -> dict[str, str]:
@@ -160,31 +192,37 @@ def run_trial(
     stop_after: int | None = None,
     share: Share | None = None,
     prefixes: PrefixStore | None = None,
+    world: World | None = None,
 ) -> TrialResult:
     """Train one trial to its token budget, logging to ``tracker``; resume from checkpoints.
 
     With ``share`` and ``prefixes`` (:mod:`harness.prefix`), a trial with no checkpoint of its
     own starts from its lineage's prefix checkpoint and saves the ones ``share`` names.
     ``stop_after`` (steps) stops early without finishing the run, as a crash would; tests use it.
+    ``world``: this process's rank of a multi-worker trial (default: the only one).
     """
     tc = trial.train
+    world = world or World()
+    if world.size != tc.workers:
+        raise RuntimeError(f"train.workers is {tc.workers} but {world.size} processes run it")
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    data = load_data(trial.data, cache_dir)
-    if ckpt_dir is not None:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        done = read_record(ckpt_dir)
-        if done is not None:
-            same_data(done.params.get("data_sha"), data, ckpt_dir / RESULT)
-            log.info("trial %s already finished; replaying its record", trial.hash)
-            return _finished(tracker, done)
+    done = None
+    with world.main_first():
+        data = load_data(trial.data, cache_dir)
+        if ckpt_dir is not None:
+            ckpt_dir.mkdir(parents=True, exist_ok=True)
+            done = read_record(ckpt_dir)
+    if done is not None and ckpt_dir is not None:
+        same_data(done.params.get("data_sha"), data, ckpt_dir / RESULT)
+        log.info("trial %s already finished; replaying its record", trial.hash)
+        return _finished(tracker, done)
     if tc.threads:
         torch.set_num_threads(tc.threads)
-    device = pick_device(tc.device)
-    trainer = Trainer(trial, data, device)
-    if ckpt_dir is not None:
-        _resume(trainer, ckpt_dir)
-    if trainer.step == 0 and share is not None and prefixes is not None:
-        _start_from_prefix(trainer, share, prefixes)
+    device = world.device(pick_device(tc.device))
+    trainer = Trainer(trial, data, device, world)
+    _start(trainer, ckpt_dir, share, prefixes)
+    if not world.main:  # rank 0 alone writes checkpoints, prefixes, the work log and the record
+        ckpt_dir, prefixes = None, None
     tags = {**environment_tags(device), "trial_hash": trial.hash, **lineage_tags(trainer, share)}
     params = trial_params(trial, data.fingerprint) | split_ids(data.fingerprint)
     tracker.set_tags(tags)

@@ -7,7 +7,9 @@ of a logging window, and the whole resumable state a checkpoint holds.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,10 +20,11 @@ import torch.nn.functional as F
 
 from harness.config import TrialConfig
 from harness.data import TokenData, train_batch
+from harness.distributed import World
 from harness.env import device_peak_flops
-from harness.evaluate import Batches, eval_sets, mean_loss
+from harness.evaluate import Batches, batch_losses, eval_sets, mean_loss
 from harness.model.transformer import Telemetry, Transformer
-from harness.optim import build_optimizer, qk_clip_
+from harness.optim import build_optimizer, muon_of, qk_clip_
 from harness.record import same_data
 from harness.routing import routing_health
 from harness.schedule import lr_multiplier
@@ -62,10 +65,20 @@ class Window:
 
 
 class Trainer:
-    """State and steps of one trial; ``run_trial`` is the entry point."""
+    """State and steps of one trial; ``run_trial`` is the entry point.
 
-    def __init__(self, trial: TrialConfig, data: TokenData, device: torch.device) -> None:
+    Data parallel (``world.size > 1``, :mod:`harness.distributed`): every rank builds the same
+    model from the same seed; DDP all-reduces the gradients; rank ``r`` of ``W`` trains on
+    micro-batches ``r * A / W .. (r + 1) * A / W - 1`` of each global batch of ``A``
+    (``train.grad_accum``), so the global batch is the one-worker batch; expert loads are summed
+    and max logits maxed over the ranks before the bias update and QK-Clip; Muon splits its
+    Newton-Schulz work over the ranks. Every rank then holds the same weights and state.
+    """
+
+    def __init__(self, trial: TrialConfig, data: TokenData, device: torch.device,
+                 world: World | None = None) -> None:
         self.trial, self.data, self.device = trial, data, device
+        self.world = world or World()
         tc = trial.train
         torch.manual_seed(tc.seed)
         self.model = Transformer(trial.model).to(device)
@@ -73,6 +86,10 @@ class Trainer:
         self.forward: Callable[..., Any] = (
             torch.compile(self.model) if tc.compile else self.model  # type: ignore[assignment]
         )
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        self.train_forward = self.forward
+        if self.world.size > 1:
+            self._data_parallel()
         self.micro_bs = (tc.micro_batch_tokens or tc.batch_tokens) // tc.seq_len
         self.flops_per_token = trial.model.flops_per_token(tc.seq_len)
         self.val, self.test = eval_sets(trial, data)
@@ -85,6 +102,25 @@ class Trainer:
         # averages the same steps as an uninterrupted one
         self.origin: dict[str, Any] = {}  # {"from": trunk hash, "step": n}: started from the
         # prefix checkpoint the trunk saved at step n (harness.prefix)
+
+    def _data_parallel(self) -> None:
+        """DDP over the world's ranks (buffers such as router biases are updated identically
+        on every rank, so none are broadcast) and Muon's Newton-Schulz split across them."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        cuda = self.device.type == "cuda"
+        if cuda:
+            torch.cuda.set_device(self.device)
+        with warnings.catch_warnings():  # torch 2.13 deprecates broadcast_buffers but says to
+            # keep it while buffers must not be synced at init; the router biases are equal
+            warnings.simplefilter("ignore", FutureWarning)
+            self.ddp = DistributedDataParallel(
+                self.model, device_ids=[self.device] if cuda else None, broadcast_buffers=False)
+        self.train_forward = (torch.compile(self.ddp) if self.trial.train.compile  # type: ignore[assignment]
+                              else self.ddp)
+        muon = muon_of(self.optimizer)
+        if muon is not None:
+            muon.shard = self.world.shard
 
     @property
     def tokens_seen(self) -> int:
@@ -123,23 +159,31 @@ class Trainer:
     # steps -------------------------------------------------------------------------------------
     def loss_of(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Telemetry]:
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast):
-            logits, tel = self.forward(x)  # (B, T, V)
+            logits, tel = self.train_forward(x)  # (B, T, V)
         ce = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         return ce, tel
 
     def train_step(self) -> tuple[float, float, Telemetry, torch.Tensor | None]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns loss and telemetry."""
-        tc, opt = self.trial.train, self.optimizer
+        """One optimizer step over ``grad_accum`` micro-batches (this rank's share of them);
+        returns the global batch's loss and telemetry."""
+        tc, opt, world = self.trial.train, self.optimizer, self.world
         total, max_logits, loads = 0.0, None, None
-        for micro in range(tc.grad_accum):
+        share = world.share(tc.grad_accum)
+        for micro in share:
             x, y = train_batch(self.data, tc.seq_len, self.micro_bs, tc.seed, self.step, micro)
-            ce, tel = self.loss_of(x.to(self.device), y.to(self.device))
-            ((ce + tel.aux_loss) / tc.grad_accum).backward()
+            with self._no_sync(micro != share[-1]):
+                ce, tel = self.loss_of(x.to(self.device), y.to(self.device))
+                loss = (ce + tel.aux_loss) / tc.grad_accum
+                (loss * world.size if world.size > 1 else loss).backward()  # DDP averages
             total += ce.item() / tc.grad_accum
             ml, ld = tel.max_logits, tel.expert_load
             max_logits = ml if max_logits is None else torch.maximum(max_logits, ml)
             loads = ld if loads is None else loads + ld
         assert max_logits is not None and loads is not None
+        if world.size > 1:
+            total = float(world.all_sum(torch.tensor(total, dtype=torch.float64,
+                                                     device=self.device)))
+            max_logits, loads = world.all_max(max_logits.detach()), world.all_sum(loads.detach())
         gnorm = self.clip_grads()
         mult = lr_multiplier(tc, self.step)
         for group in opt.param_groups:
@@ -154,15 +198,30 @@ class Trainer:
         tel = Telemetry(max_logits=max_logits, expert_load=loads, aux_loss=tel.aux_loss.detach())
         return total, gnorm, tel, clipped
 
+    def _no_sync(self, skip: bool) -> contextlib.AbstractContextManager[None]:
+        """DDP's ``no_sync`` for every micro-batch but a rank's last: one all-reduce a step."""
+        if skip and self.ddp is not None:
+            return self.ddp.no_sync()
+        return contextlib.nullcontext()
+
     def clip_grads(self) -> float:
         params = [p for p in self.model.parameters() if p.grad is not None]
         max_norm = self.trial.train.grad_clip or math.inf
         return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     def evaluate(self, batches: Batches | None = None) -> float:
-        """Mean loss over ``batches`` (default: the validation set)."""
-        return mean_loss(self.model, self.forward, self.val if batches is None else batches,
-                         self.device)
+        """Mean loss over ``batches`` (default: the validation set); with several ranks each
+        evaluates every ``size``-th batch and the sums are reduced."""
+        batches = self.val if batches is None else batches
+        world = self.world
+        if world.size == 1:
+            return mean_loss(self.model, self.forward, batches, self.device)
+        mine = batch_losses(self.model, self.forward, batches[world.rank::world.size],
+                            self.device)
+        sums = torch.tensor([sum(float(v) for v in mine), len(mine)], dtype=torch.float64,
+                            device=self.device)
+        total, n = world.all_sum(sums).tolist()
+        return total / n
 
     def final_weights(self) -> dict[str, Any]:
         """What ``final.pt`` holds: fp32 weights, step, data id and the resolved config."""

@@ -327,6 +327,9 @@ class TrainConfig(Frozen):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = Field(False, description="torch.compile the model")
     threads: int | None = Field(None, gt=0, description="torch CPU threads (null = cpus given)")
+    workers: int = Field(1, ge=1, description="data-parallel workers of the trial (Ray Train, "
+                         "each with resources.cpu / resources.gpu); each takes an equal slice "
+                         "of every global batch")
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -344,6 +347,12 @@ class TrainConfig(Frozen):
             raise ValueError(
                 f"tokens ({self.tokens}) must be >= batch_tokens ({self.batch_tokens})"
             )
+        if self.batch_tokens % (self.workers * micro):
+            raise ValueError(
+                f"batch_tokens ({self.batch_tokens}) must be a multiple of workers x "
+                f"micro_batch_tokens ({self.workers} x {micro}): each worker takes the same "
+                "number of micro-batches of every global batch"
+            )
         return self
 
     @property
@@ -358,6 +367,7 @@ class TrainConfig(Frozen):
 
     @property
     def grad_accum(self) -> int:
+        """Micro-batches per optimizer step, over all workers together."""
         return self.batch_tokens // (self.micro_batch_tokens or self.batch_tokens)
 
 
@@ -392,8 +402,15 @@ class TrialConfig(Frozen):
 
     @property
     def hash(self) -> str:
-        """Stable 12-hex content hash of the resolved config (same config, same hash)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        """Stable 12-hex content hash of the resolved config (same config, same hash).
+
+        ``train.workers`` at its default (1) is left out, so a one-worker trial keeps the hash
+        it had before the field existed; a multi-worker trial is a trial of its own (its
+        numbers equal the one-worker ones to float tolerance, not bit for bit)."""
+        dump = self.model_dump(mode="json")
+        if dump["train"]["workers"] == 1:
+            del dump["train"]["workers"]
+        blob = json.dumps(dump, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @property

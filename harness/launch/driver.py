@@ -19,6 +19,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from harness.config import SweepConfig, TrialConfig
 from harness.launch.callback import MLflowCallback, tune_callback, tune_stopper
@@ -100,18 +101,20 @@ def _submit(sweep: SweepConfig, trials: list[TrialConfig], storage: Path, addres
     from ray import tune
 
     init_ray(address)
-    check_resources(sweep)
+    workers = max(t.train.workers for t in todo)
+    check_resources(sweep, workers)
     res = sweep.resources
-    specs = [TrialSpec.of(t, storage, Path.cwd(), res.cpu, plan.shares.get(t.hash))
+    specs = [TrialSpec.of(t, storage, Path.cwd(), res.cpu, plan.shares.get(t.hash), res.gpu)
              for t in todo]
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": res.cpu, "gpu": res.gpu}),
+        tune.with_resources(trainable, trial_resources(specs)),
         tune_config=tune.TuneConfig(
             search_alg=branch_searcher(specs, storage),
             num_samples=len(specs),
-            # always a limit: without one Tune keeps a single searcher trial pending at a time
+            # always a limit: without one Tune keeps a single searcher trial pending at a time;
+            # sized by the widest trial, so a Train run never waits on workers held by others
             max_concurrent_trials=(max_concurrent or sweep.max_concurrent
-                                   or trial_slots(res.cpu, res.gpu)),
+                                   or trial_slots(res.cpu * workers, res.gpu * workers)),
             trial_name_creator=lambda tr: run_name(TrialSpec.of_trial_config(tr.config).config(),
                                                    sweep),
             trial_dirname_creator=lambda tr: TrialSpec.of_trial_config(tr.config).hash,
@@ -141,6 +144,17 @@ def _submit(sweep: SweepConfig, trials: list[TrialConfig], storage: Path, addres
     if cb.fatal is not None:
         raise cb.fatal  # one line from the CLI; resume restores every point from the records
     return _summary(cb, trials, len(trials) - len(todo), interrupted, t0)
+
+
+def trial_resources(specs: list[TrialSpec]) -> Any:
+    """Tune's reservation per trial: ``resources`` as given when every trial has one worker;
+    else by trial (:meth:`TrialSpec.resources`: a multi-worker trial's Train workers reserve
+    their own)."""
+    if all(s.workers == 1 for s in specs):
+        return {k.lower(): v for k, v in specs[0].resources()[0].items()}
+    from ray.tune.execution.placement_groups import PlacementGroupFactory
+
+    return lambda config: PlacementGroupFactory(TrialSpec.of_trial_config(config).resources())
 
 
 def _summary(

@@ -3,6 +3,14 @@
 The driver hands each trial a :class:`TrialSpec` (in Tune's ``param_space``); the trial trains in
 its own worker and reports everything through ``tune.report`` as one :class:`Report` per call,
 which :mod:`harness.launch.callback` writes to MLflow on the driver (one writer per store).
+
+A trial of ``train.workers > 1`` is a Ray Train run inside its Tune trial (Ray's "Ray Train
+with Ray Tune" pattern): the Tune trial is a light driver that starts a ``TorchTrainer`` of that
+many workers (each ``resources.cpu`` / ``resources.gpu``; gloo on CPU, nccl on CUDA) and
+returns when it ends. Every worker runs :func:`harness.train.run_trial` on its rank; rank 0's
+reports reach Tune through Ray Train's ``TuneReportCallback``, so the driver side is the same.
+A worker that dies fails the Train run (no retry inside it), hence the Tune trial, which Tune
+retries (``max_failures``): the new run resumes from the trial's checkpoint like any other.
 """
 
 from __future__ import annotations
@@ -21,6 +29,11 @@ from harness.tracking import TrialStatus
 REPORT_KEY = "harness"
 """The one key of a ``tune.report`` that carries a :class:`Report` (a JSON string)."""
 
+DRIVER_BUNDLE = {"memory": 1.0}
+"""What Tune reserves beside the empty head bundle of a multi-worker trial's driver (Tune needs
+one non-empty bundle): the driver only starts and watches the Train workers, which reserve
+their own CPUs and GPUs, so on 2 CPUs a trial of 2 one-CPU workers fits."""
+
 
 @dataclass(frozen=True)
 class TrialSpec:
@@ -32,12 +45,27 @@ class TrialSpec:
     cwd: str  # the submit folder: relative paths (data.path, HARNESS_CACHE) mean it
     threads: int  # torch CPU threads: one per resources.cpu
     share: dict[str, Any] | None = None  # harness.prefix.Share.to_param(); None: no sharing
+    cpus: float = 1.0  # resources.cpu and resources.gpu: per worker of a multi-worker trial
+    gpus: float = 0.0
 
     @classmethod
     def of(cls, trial: TrialConfig, storage: Path, cwd: Path, cpus: float,
-           share: Share | None = None) -> TrialSpec:
+           share: Share | None = None, gpus: float = 0.0) -> TrialSpec:
         return cls(trial.model_dump(mode="json"), trial.hash, str(storage), str(cwd),
-                   max(1, int(cpus)), share.to_param() if share is not None else None)
+                   max(1, int(cpus)), share.to_param() if share is not None else None,
+                   cpus, gpus)
+
+    @property
+    def workers(self) -> int:
+        return int(self.trial["train"].get("workers", 1))
+
+    def resources(self) -> list[dict[str, float]]:
+        """The bundles Tune reserves for the trial: all of it for one worker; for a Ray Train
+        run none for its driver (an empty head bundle) and a token one beside it, since the
+        Train workers reserve their own."""
+        if self.workers == 1:
+            return [{"CPU": self.cpus, "GPU": self.gpus}]
+        return [{}, DRIVER_BUNDLE]
 
     def config(self) -> TrialConfig:
         return TrialConfig.model_validate(self.trial)
@@ -86,9 +114,12 @@ class TuneTracker:
     def _send(self, report: Report) -> None:
         from ray import tune
 
+        tune.report(self._with_extra(report).encode())
+
+    def _with_extra(self, report: Report) -> Report:
         extra, self._extra = self._extra, Report()
         report.params, report.artifacts, report.tags = extra.params, extra.artifacts, extra.tags
-        tune.report(report.encode())
+        return report
 
     def log_params(self, params: dict[str, Any]) -> None:
         self._extra.params.update(params)
@@ -106,19 +137,90 @@ class TuneTracker:
         self._send(Report(status=TrialStatus(status)))
 
 
+class TrainTracker(TuneTracker):
+    """Tracker of one Ray Train worker: rank 0 reports through ``ray.train.report`` (which
+    ``TuneReportCallback`` hands to Tune); the other ranks report nothing at the same calls,
+    since every worker must call it equally often."""
+
+    def __init__(self, main: bool) -> None:
+        super().__init__()
+        self.main = main
+
+    def _send(self, report: Report) -> None:
+        import ray.train
+
+        ray.train.report(self._with_extra(report).encode() if self.main else {})
+
+
 def trainable(config: dict[str, Any]) -> None:
-    """Ray Tune function trainable: one trial, resumed from its hash-keyed checkpoint."""
+    """Ray Tune function trainable: one trial, resumed from its hash-keyed checkpoint; a
+    multi-worker trial runs as a Ray Train run (:func:`_train_run`)."""
+    spec = TrialSpec.of_trial_config(config)
+    if spec.workers > 1:
+        _train_run(spec)
+        return
+    _run(spec, TuneTracker())
+
+
+def _run(spec: TrialSpec, tracker: TuneTracker, world: Any = None) -> None:
+    """One process's part of the trial: in the submit folder, with its threads."""
     import torch
 
     from harness.train import run_trial
 
     logging.basicConfig(level=logging.WARNING)
-    spec = TrialSpec.of_trial_config(config)
     if Path(spec.cwd).is_dir():
         # Tune starts each trial in its own folder; relative paths (data.path, HARNESS_CACHE)
         # mean the folder the sweep was submitted from, as --dry-run shows them.
         os.chdir(spec.cwd)
     torch.set_num_threads(spec.threads)
     storage = Path(spec.storage)
-    run_trial(spec.config(), TuneTracker(), storage / "checkpoints" / spec.hash,
-              share=spec.prefix_share(), prefixes=PrefixStore(storage))
+    run_trial(spec.config(), tracker, storage / "checkpoints" / spec.hash,
+              share=spec.prefix_share(), prefixes=PrefixStore(storage), world=world)
+
+
+def _train_run(spec: TrialSpec) -> None:
+    """The Tune trial of a multi-worker trial: a Ray Train ``TorchTrainer`` of ``workers``
+    processes, rank 0's reports handed to Tune; raises when a worker fails."""
+    import secrets
+
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    gpu = spec.gpus > 0
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"spec": spec.to_param()},
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=spec.workers, use_gpu=gpu,
+            resources_per_worker={"CPU": spec.cpus, **({"GPU": spec.gpus} if gpu else {})}),
+        run_config=ray.train.RunConfig(
+            # a fresh name per attempt: the trial's own checkpoint is what resumes it
+            name=f"{spec.hash}-{secrets.token_hex(3)}",
+            storage_path=str(Path(spec.storage) / "ray-train"),
+            failure_config=ray.train.FailureConfig(max_failures=0),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def _train_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker of a multi-worker trial (its process group is set up)."""
+    from harness.distributed import World
+
+    spec = TrialSpec.of_trial_config(config)
+    world = World.current()
+    _quiet_train_reports()
+    _run(spec, TrainTracker(world.main), world)
+
+
+def _quiet_train_reports() -> None:
+    """Ray Train logs every report at INFO (whole, so every metric twice on the console)."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)

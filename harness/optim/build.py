@@ -156,6 +156,13 @@ class CombinedOptimizer(torch.optim.Optimizer):
         self._sync_groups()
 
 
+def muon_of(optimizer: torch.optim.Optimizer) -> Muon | None:
+    """The Muon of ``optimizer`` (itself, or a :class:`CombinedOptimizer`'s child), or None."""
+    if isinstance(optimizer, Muon):
+        return optimizer
+    return optimizer._muon() if isinstance(optimizer, CombinedOptimizer) else None
+
+
 def _adamw(groups: list[dict[str, Any]], optim_config: OptimConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, betas=optim_config.betas, eps=optim_config.eps)
 

@@ -22,6 +22,7 @@ weight decay and the "match_rms_adamw" scale ``0.2 * sqrt(max(A, B))``, Table 8)
 from __future__ import annotations
 
 import math
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
@@ -87,6 +88,27 @@ def newton_schulz(
     return X.to(G.dtype)
 
 
+def newton_schulz_sharded(G: Tensor, rank: int, size: int, **kwargs: Any) -> Tensor:
+    """:func:`newton_schulz` of every matrix of ``G`` ``[..., n, m]``, the work split over the
+    ``size`` ranks of the default ``torch.distributed`` group: each rank orthogonalises one
+    contiguous share of the matrices (the batch padded with zero matrices, which stay zero, to a
+    multiple of ``size``) and ``all_gather`` gives every rank all of them. Every rank must call it
+    with the same ``G``; the result equals ``newton_schulz(G)`` to float tolerance (each matrix
+    is iterated on its own either way; the batch it is computed in differs)."""
+    import torch.distributed as dist
+
+    shape = G.shape
+    X = G.reshape(-1, *shape[-2:])  # (N, n, m)
+    n = X.shape[0]
+    per = -(-n // size)
+    if per * size > n:
+        X = torch.cat([X, X.new_zeros(per * size - n, *shape[-2:])])  # (per * size, n, m)
+    mine = newton_schulz(X[rank * per:(rank + 1) * per], **kwargs).contiguous()  # (per, n, m)
+    parts = [torch.empty_like(mine) for _ in range(size)]
+    dist.all_gather(parts, mine)
+    return torch.cat(parts)[:n].reshape(shape)
+
+
 def update_scale_factor(shape: Sequence[int], mode: UpdateScale) -> float:
     """Multiplier of the learning rate for a matrix update of ``shape`` (A, B = last two dims).
 
@@ -113,8 +135,12 @@ def muon_update(
     coeffs: tuple[float, float, float] = NS_COEFFICIENTS,
     eps: float = NS_EPS,
     dtype: torch.dtype | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> list[Tensor]:
     """Momentum + Newton-Schulz for same-shape gradients; returns the unscaled updates ``O``.
+
+    ``shard`` = (rank, world size): the Newton-Schulz batch is split over the ranks
+    (:func:`newton_schulz_sharded`); every rank must pass the same gradients and buffers.
 
     Mutates only ``momentum_buffers`` (the EMA of KellerJordan/Muon and ``torch.optim.Muon``:
     ``buf.lerp_(g, 1 - momentum)``); Nesterov feeds ``g.lerp(buf, momentum)`` to Newton-Schulz,
@@ -132,7 +158,10 @@ def muon_update(
     else:
         moms = list(momentum_buffers)
     stacked = torch.stack(moms) if len(moms) > 1 else moms[0].unsqueeze(0)
-    return list(newton_schulz(stacked, ns_steps, coeffs, eps=eps, dtype=dtype).unbind(0))
+    kwargs: dict[str, Any] = {"steps": ns_steps, "coeffs": coeffs, "eps": eps, "dtype": dtype}
+    if shard is not None and shard[1] > 1:
+        return list(newton_schulz_sharded(stacked, *shard, **kwargs).unbind(0))
+    return list(newton_schulz(stacked, **kwargs).unbind(0))
 
 
 class Muon(torch.optim.Optimizer):
@@ -161,6 +190,13 @@ class Muon(torch.optim.Optimizer):
     lr-free "update RMS" of Moonlight (about 0.2 under ``match_rms_adamw``);
     ``last_step_rms`` is the RMS of the parameter change ``lr * scale * O`` (weight decay excluded).
     Both are None before the first step.
+
+    Data parallel: with ``shard = (rank, world size)`` (an attribute; the trainer sets it on
+    every rank of a multi-worker trial, whose gradients are all-reduced) each rank runs
+    Newton-Schulz on a share of every bucket and gathers the rest (:func:`newton_schulz_sharded`),
+    instead of every rank orthogonalising every matrix; momentum and the update itself stay on
+    every rank, so all ranks hold the same weights and state. ``ns_seconds`` accumulates the
+    wall time spent in Newton-Schulz (its gather included) when ``time_ns`` is set (the bench).
     """
 
     def __init__(
@@ -206,6 +242,9 @@ class Muon(torch.optim.Optimizer):
                         f"{tuple(p.shape)}: give it to AdamW"
                     )
         self.ns_dtype = ns_dtype
+        self.shard: tuple[int, int] | None = None
+        self.time_ns = False
+        self.ns_seconds = 0.0
         self._update_sq: Tensor | None = None
         self._step_sq: Tensor | None = None
         self._update_numel = 0
@@ -228,6 +267,14 @@ class Muon(torch.optim.Optimizer):
         if self.ns_dtype is not None:
             return self.ns_dtype
         return torch.bfloat16 if p.is_cuda else torch.promote_types(p.dtype, torch.float32)
+
+    def _clock(self, p: Tensor) -> float:
+        """Wall time for ``ns_seconds`` (CUDA synchronised first), 0 unless ``time_ns``."""
+        if not self.time_ns:
+            return 0.0
+        if p.is_cuda:
+            torch.cuda.synchronize(p.device)
+        return time.perf_counter()
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -262,6 +309,7 @@ class Muon(torch.optim.Optimizer):
                 grads = [g for _, g in pairs]
                 idle = _idle_slices(grads) if group.get("skip_idle") and len(shape) > 2 else None
                 kept = [b.clone() for b in bufs] if idle is not None else None
+                t0 = self._clock(params[0])
                 updates = muon_update(
                     grads,
                     bufs,
@@ -271,7 +319,9 @@ class Muon(torch.optim.Optimizer):
                     coeffs=group["ns_coefficients"],
                     eps=group["eps"],
                     dtype=self._ns_dtype_for(params[0]),
+                    shard=self.shard,
                 )
+                self.ns_seconds += self._clock(params[0]) - t0
                 ratio = update_scale_factor(shape, group["update_scale"])
                 adjusted_lr = lr * ratio
                 active = 1.0
