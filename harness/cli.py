@@ -242,18 +242,26 @@ def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None,
           jsonl: Path | None) -> None:
     """Run one trial in this process (no Ray), logged to MLflow or to a JSON-lines file.
 
+    A trial of train.workers N > 1 runs under torchrun, one process per worker (rank 0 logs,
+    writes checkpoints and the record).
+
     \b
     Example:
       harness train my_trial.yaml   # a TrialConfig YAML: model/optim/data/train
       harness train my_trial.yaml --jsonl runs/my_trial.jsonl   # where MLflow is not installed
+      torchrun --nproc-per-node 2 -m harness train two_workers.yaml --jsonl runs/t.jsonl
     """
     from harness.preflight import check_data, check_trial, default_storage
+    from harness.tracking import MemoryTracker
     from harness.train import run_trial
 
     trial = load_trial(trial_file)
     check_trial(trial, str(trial_file))
-    check_data([trial])
-    tracker = _trial_tracker(trial, trial_file.stem, experiment, jsonl)
+    world = _torchrun_world(trial.train.workers, trial.train.device)
+    if world.main:
+        check_data([trial])
+    tracker = (_trial_tracker(trial, trial_file.stem, experiment, jsonl) if world.main
+               else MemoryTracker())
     ckpt = checkpoint_dir or default_storage() / "checkpoints" / trial.hash
     steps = trial.train.steps
 
@@ -262,9 +270,40 @@ def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None,
         log.info("step %d/%d  loss %.4f%s  %.0f tok/s  max logit %.1f", step, steps,
                  m["train/loss"], val, m["perf/tokens_per_s"], m["attn/max_logit"])
 
-    result = run_trial(trial, tracker, ckpt, on_log=on_log)
-    click.echo(json.dumps(result.__dict__, indent=1))
-    click.echo(f"logged to {jsonl}" if jsonl else f"next: {me()} ui  (experiment '{experiment}')")
+    result = run_trial(trial, tracker, ckpt, on_log=on_log if world.main else None,
+                       world=world)
+    if world.size > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+    if world.main:
+        click.echo(json.dumps(result.__dict__, indent=1))
+        click.echo(f"logged to {jsonl}" if jsonl else
+                   f"next: {me()} ui  (experiment '{experiment}')")
+
+
+def _torchrun_world(workers: int, device: str) -> Any:
+    """This process's rank of a multi-worker ``harness train`` (``torchrun`` sets
+    ``WORLD_SIZE``): the process group is set up here, nccl on CUDA, else gloo."""
+    import os
+
+    from harness.distributed import World
+
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1 and workers == 1:
+        return World()
+    if size != workers:
+        raise HarnessError(
+            f"train.workers is {workers} but {size} process(es) run it: start it as "
+            f"`torchrun --nproc-per-node {workers} -m harness train FILE`, or in a sweep")
+    import torch
+    import torch.distributed as dist
+
+    cuda = device != "cpu" and torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return World.current()
 
 
 def _trial_tracker(trial: TrialConfig, name: str, experiment: str, jsonl: Path | None) -> Any:

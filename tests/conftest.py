@@ -15,7 +15,7 @@ import pytest
 SERIAL_MODULES = frozenset({
     "test_launch", "test_prefix_sweep", "test_cli", "test_drivers", "test_chaos", "test_load",
     "test_security", "test_storage_faults", "test_tracking_faults", "test_storage_full_sweep",
-    "test_bad_input", "test_ui_browser",
+    "test_bad_input", "test_ui_browser", "test_data_parallel_sweep",
 })
 """Test modules that start Ray or wait on deadlines: run alone, after the parallel pass."""
 

@@ -25,7 +25,8 @@ from harness.prefix import plan_sharing
 pytest.importorskip("transformers")
 
 GOALS = {"moe_vs_hf", "moe_overhead", "mfu", "train_vs_hf", "muon_vs_torch",
-         "tracking_overhead", "sched_efficiency", "prefix_tokens", "prefix_wall"}
+         "tracking_overhead", "sched_efficiency", "prefix_tokens", "prefix_wall", "dp_step",
+         "dp_ns_split"}
 NOT_TINY = {"sched_efficiency", "prefix_tokens", "prefix_wall"}  # Ray cases: not in tiny
 
 
@@ -45,7 +46,8 @@ def test_tiny_bench_writes_every_case_and_goal(tmp_path: Path) -> None:
         assert {(key, 1), (key, 2)} <= per_threads
     assert on_disk["meta"]["plan"]["threads"] == [1, 2]
     cases = on_disk["cases"]
-    assert set(cases) == {"moe_layer", "train_step", "muon", "tracking", "scheduling", "prefix"}
+    assert set(cases) == {"moe_layer", "train_step", "muon", "tracking", "scheduling", "prefix",
+                          "data_parallel"}
     assert "skipped" in cases["scheduling"] and "skipped" in cases["prefix"]
     for name in ("moe_layer", "train_step"):
         assert cases[name]["threads"] == [1, 2]
@@ -64,6 +66,9 @@ def test_tiny_bench_writes_every_case_and_goal(tmp_path: Path) -> None:
         assert "ours_over_hf_tokens_per_s" in train
     assert cases["muon"]["parity_max_abs_diff_bf16"] == 0.0
     assert cases["tracking"]["metric_points_per_trial"] > 0
+    dp = cases["data_parallel"]
+    for run in ("one", "two_split", "two_repeated"):
+        assert dp[run]["step_s"] > 0 and 0 < dp[run]["ns_share"] < 1, run
     md = (tmp_path / "bench.md").read_text()
     for g in on_disk["goals"]:
         assert g["name"] in md
@@ -71,8 +76,9 @@ def test_tiny_bench_writes_every_case_and_goal(tmp_path: Path) -> None:
             assert f"see [docs/bench.md#{g['key']}](" in md
     for title in ("| CPU |", "| torch threads | 2; MoE layer and train step at each of 1 and 2",
                   "| goal | case | threads |", "## 1. MoE layer", "## 2. Train step",
-                  "## 3. Muon", "## 4. Tracking", "## Profiles", "### moe_layer at 1 thread:",
-                  "### train_step at 2 threads:", "- at 1 thread: ours (AdamW) over HF"):
+                  "## 3. Muon", "## 4. Tracking", "## 7. Data-parallel", "## Profiles",
+                  "### moe_layer at 1 thread:", "### train_step at 2 threads:",
+                  "- at 1 thread: ours (AdamW) over HF"):
         assert title in md
     assert "| 1 | ours |" in md and "| 2 | ours |" in md  # MoE variants at each thread count
     assert "| 1 | ours_adamw |" in md and "| 2 | ours_adamw |" in md

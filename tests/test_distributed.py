@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from sweeptools import free_port, trial_dict
+from sweeptools import HARNESS, free_port, trial_dict
 
 from harness.config import ConfigError, TrialConfig, load_trial
 from harness.distributed import World
 from harness.optim import newton_schulz, newton_schulz_sharded
-from harness.tracking import MemoryTracker
+from harness.tracking import MemoryTracker, read_jsonl
 from harness.train import run_trial
 
 SIZE = 2
@@ -155,3 +157,29 @@ def test_run_trial_refuses_a_world_of_the_wrong_size() -> None:
     trial = TrialConfig.model_validate(trial_dict(8, micro_batch_tokens=256, workers=2))
     with pytest.raises(RuntimeError, match=r"train\.workers is 2 but 1 processes"):
         run_trial(trial, MemoryTracker(), None)
+
+
+def test_harness_train_runs_two_workers_under_torchrun(tmp_path: Path) -> None:
+    """A lone machine without Ray: ``torchrun -m harness train`` with train.workers 2 logs
+    rank 0's curve, the one-process curve; without torchrun it is a one-line error."""
+    trial = clipping_muon_trial(2, steps=8)
+    path = tmp_path / "two.yaml"
+    path.write_text(json.dumps(trial))
+    env = {**os.environ, "HARNESS_CACHE": str(tmp_path / "cache"),
+           "HARNESS_STORAGE": str(tmp_path / ".harness")}
+    alone = subprocess.run([HARNESS, "train", str(path), "--jsonl", str(tmp_path / "x.jsonl")],
+                           capture_output=True, text=True, env=env, timeout=120)
+    assert alone.returncode == 2, alone.stderr[-2000:]
+    assert "train.workers is 2 but 1 process(es) run it" in alone.stderr
+    torchrun = Path(sys.executable).parent / "torchrun"
+    out = subprocess.run(
+        [str(torchrun), "--nproc-per-node", "2", "--master-port", str(free_port()),
+         "-m", "harness", "train", str(path), "--jsonl", str(tmp_path / "two.jsonl")],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    logged = read_jsonl(tmp_path / "two.jsonl")
+    one = MemoryTracker()
+    run_trial(TrialConfig.model_validate(clipping_muon_trial(1, steps=8)), one, None,
+              cache_dir=tmp_path / "cache")
+    got = [v for _, v in logged.history("test/loss")]
+    assert got == pytest.approx([v for _, v in one.history("test/loss")], rel=1e-5)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 GOAL_KEYS = ("moe_vs_hf", "moe_overhead", "mfu", "train_vs_hf", "muon_vs_torch",
-             "tracking_overhead", "sched_efficiency", "prefix_tokens", "prefix_wall")
+             "tracking_overhead", "sched_efficiency", "prefix_tokens", "prefix_wall", "dp_step",
+             "dp_ns_split")
 """Every goal of the issue, in report order; ``docs/bench.md`` has a section ``#<key>`` each."""
 
 DOCS_HREF = "../docs/bench.md"
@@ -92,7 +93,8 @@ def _at(n: int | None) -> str:
 TITLES = {"moe_layer": "1. MoE layer, forward + backward", "train_step": "2. Train step",
           "muon": "3. Muon step on the expert stacks", "tracking": "4. Tracking overhead",
           "scheduling": "5. Scheduling on local Ray",
-          "prefix": "6. Prefix sharing on sweeps/sparsity.yaml"}
+          "prefix": "6. Prefix sharing on sweeps/sparsity.yaml",
+          "data_parallel": "7. Data-parallel train step (2 gloo workers, CPU)"}
 
 
 Run = tuple[int | None, dict[str, Any]]
@@ -352,6 +354,27 @@ def _prefix(c: dict[str, Any]) -> list[str]:
     ]
 
 
+def _data_parallel(c: dict[str, Any]) -> list[str]:
+    runs = (("1 worker", c["one"]), ("2 workers, Newton-Schulz split", c["two_split"]),
+            ("2 workers, Newton-Schulz on every rank", c["two_repeated"]))
+    return [
+        f"## {TITLES['data_parallel']}",
+        "",
+        f"The train-step model under Muon, {c['micro_batches']} micro-batches per global step "
+        f"(2 per worker at 2 workers), 1 torch thread per process, median of {c['steps']} "
+        "steps; rank 0's wall time. Newton-Schulz time includes the split's all-gather.",
+        "",
+        "| run | step | Newton-Schulz per step | share of the step |",
+        "|---|---|---|---|",
+        *(f"| {label} | {r['step_s'] * 1e3:.4g} ms | {r['ns_s'] * 1e3:.4g} ms | "
+          f"{100 * r['ns_share']:.3g}% |" for label, r in runs),
+        "",
+        f"- step, 2 workers / 1 worker (ideal 0.5): {c['step_ratio']:.3g}",
+        f"- Newton-Schulz, split / repeated on each rank: {c['ns_split_over_repeated']:.3g}",
+        "",
+    ]
+
+
 def _profiles(r: dict[str, Any]) -> list[str]:
     out = []
     for case in ("moe_layer", "train_step"):
@@ -377,6 +400,7 @@ def _once(fn: Callable[[dict[str, Any]], list[str]]) -> Callable[[list[Run]], li
 SECTIONS: dict[str, Callable[[list[Run]], list[str]]] = {
     "moe_layer": _moe, "train_step": _train, "muon": _once(_muon),
     "tracking": _once(_tracking), "scheduling": _once(_scheduling), "prefix": _once(_prefix),
+    "data_parallel": _once(_data_parallel),
 }
 
 

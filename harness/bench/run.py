@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from harness.bench.data_parallel import run_data_parallel
 from harness.bench.hf import EXPERT_IMPLS
 from harness.bench.moe_layer import MoEShape, run_moe_layer
 from harness.bench.muon_step import run_muon_step
@@ -77,6 +78,7 @@ class Plan:
     prefix_scale: float | None = 1 / 16  # sweeps/sparsity.yaml's budgets x this; None: not run
     profile: bool = True
     threads: tuple[int, ...] = (1,)  # torch threads of the MoE-layer and train-step runs
+    dp_rounds: tuple[int, int] = (2, 6)  # data-parallel case: (warm-up, timed) steps per run
 
 
 def plan_for(device: torch.device, quick: bool, tiny: bool, threads: int = 1) -> Plan:
@@ -93,7 +95,7 @@ def plan_for(device: torch.device, quick: bool, tiny: bool, threads: int = 1) ->
             train=TrainShape(model=TINY_MODEL, batch_tokens=256, seq_len=64, gemm_n=128),
             train_rounds=(1, 2), train_budget_s=5, muon_rounds=(1, 2), muon_budget_s=5,
             track_target_s=0.3, track_rounds=1, track_calib_steps=4, sched_target_s=None,
-            prefix_scale=None,
+            prefix_scale=None, dp_rounds=(1, 2),
             track=TrackShape(model=TINY_MODEL, batch_tokens=256, seq_len=64, val_tokens=512,
                              min_steps=10),
             profile=True,
@@ -112,7 +114,7 @@ def plan_for(device: torch.device, quick: bool, tiny: bool, threads: int = 1) ->
             train=replace(plan.train, batch_tokens=plan.train.batch_tokens // 2),
             train_rounds=(1, 2), train_budget_s=20, muon_rounds=(1, 3), muon_budget_s=10,
             track_target_s=5.0, track_rounds=2, sched_target_s=6.0, prefix_scale=None,
-            profile=False,
+            profile=False, dp_rounds=(1, 3),
         )
     return plan
 
@@ -172,6 +174,12 @@ def _goals(device: torch.device, cases: dict[str, Any], threads: int) -> list[Go
               _get(cases.get("prefix"), "tokens_ratio"), "<=", 0.65),
         judge("prefix_wall", "prefix", "sparsity.yaml: sweep wall on local Ray, shared / "
               "unshared", _get(cases.get("prefix"), "wall_ratio"), "<=", 0.7),
+        judge("dp_step", "data_parallel", "train step, 2 gloo workers / 1 worker at equal "
+              "global batch (1 thread each)", _get(cases.get("data_parallel"), "step_ratio"),
+              "<=", 0.75, 1),
+        judge("dp_ns_split", "data_parallel", "Newton-Schulz time per step, split across 2 "
+              "workers / repeated on each", _get(cases.get("data_parallel"),
+                                                "ns_split_over_repeated"), "<=", 0.75, 1),
     ]
     return sorted(goals, key=lambda g: GOAL_KEYS.index(g.key))  # stable: thread order kept
 
@@ -246,6 +254,9 @@ def _run_cases(
         needs="ray", run=scheduling and target is not None)
     cases["prefix"] = run_case("prefix", lambda: run_prefix_sharing(scale=scale or 1.0),
                                errors, needs="ray", run=scheduling and scale is not None)
+    cases["data_parallel"] = run_case("data_parallel", lambda: run_data_parallel(
+        plan.train, warmup=plan.dp_rounds[0], steps=plan.dp_rounds[1]), errors,
+        run=dev.type == "cpu")
     return cases
 
 
