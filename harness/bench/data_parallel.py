@@ -19,8 +19,8 @@ fixed costs that do not halve.
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import statistics
 import tempfile
 import time
@@ -80,7 +80,7 @@ def _rank(rank: int, port: int, out: str, trial: dict[str, Any], warmup: int, st
     try:
         res = time_steps(TrialConfig.model_validate(trial), World.current(), warmup, steps,
                          split)
-        Path(out, f"{rank}.pkl").write_bytes(pickle.dumps(res))
+        Path(out, f"{rank}.json").write_text(json.dumps(res))
     finally:
         dist.destroy_process_group()
 
@@ -96,7 +96,7 @@ def _two_workers(trial: TrialConfig, warmup: int, steps: int, split: bool) -> di
     with tempfile.TemporaryDirectory() as out:
         mp.spawn(_rank, args=(port, out, trial.model_dump(mode="json"), warmup, steps, split),
                  nprocs=2, join=True)
-        return pickle.loads(Path(out, "0.pkl").read_bytes())
+        return json.loads(Path(out, "0.json").read_text())
 
 
 def run_data_parallel(shape: TrainShape, *, warmup: int = 2, steps: int = 6) -> dict[str, Any]:
