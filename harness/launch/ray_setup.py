@@ -40,6 +40,25 @@ TRAIN_ENV = {
 the same name on the submitting machine wins)."""
 
 
+QUIET_LOGGERS = (
+    # every report, whole (each metric twice on the console)
+    "ray.train.v2._internal.execution.context",
+    # asks the State API, which needs the dashboard that local Ray here runs without, every few
+    # seconds of every multi-worker trial; its only job is cleaning up after a dead controller
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner",
+)
+
+
+def quiet_ray_train() -> None:
+    """Ray worker set-up hook: Ray Train's per-report and State API chatter at ERROR only.
+    Imports nothing (it runs in every Ray worker); the Train context logs under its file path."""
+    import ray
+
+    context = Path(ray.__file__).parent / "train" / "v2" / "_internal" / "execution" / "context.py"
+    for name in (*QUIET_LOGGERS, str(context)):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def init_ray(address: str | None) -> None:
     """Embedded local Ray unless an address (or ``RAY_ADDRESS``) names a running cluster."""
     import ray
@@ -53,7 +72,8 @@ def init_ray(address: str | None) -> None:
         include_dashboard=False,
         logging_level=logging.WARNING,
         log_to_driver=True,
-        runtime_env={"env_vars": {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", **TRAIN_ENV}},
+        runtime_env={"env_vars": {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", **TRAIN_ENV},
+                     "worker_process_setup_hook": "harness.launch.ray_setup.quiet_ray_train"},
     )
     term_as_interrupt()  # ray.init installs a SIGTERM handler that aborts with a stack dump
 

@@ -213,14 +213,4 @@ def _train_worker(config: dict[str, Any]) -> None:
 
     spec = TrialSpec.of_trial_config(config)
     world = World.current()
-    _quiet_train_reports()
     _run(spec, TrainTracker(world.main), world)
-
-
-def _quiet_train_reports() -> None:
-    """Ray Train logs every report at INFO (whole, so every metric twice on the console)."""
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:
-        return
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
