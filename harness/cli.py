@@ -13,11 +13,14 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from harness.config import HarnessError, SweepConfig, TrialConfig, flatten, load_sweep, load_trial
+
+if TYPE_CHECKING:
+    from harness.distributed import World
 
 log = logging.getLogger("harness")
 
@@ -282,11 +285,9 @@ def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None,
                    f"next: {me()} ui  (experiment '{experiment}')")
 
 
-def _torchrun_world(workers: int, device: str) -> Any:
+def _torchrun_world(workers: int, device: str) -> World:
     """This process's rank of a multi-worker ``harness train`` (``torchrun`` sets
     ``WORLD_SIZE``): the process group is set up here, nccl on CUDA, else gloo."""
-    import os
-
     from harness.distributed import World
 
     size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -218,8 +218,10 @@ class Trainer:
             return mean_loss(self.model, self.forward, batches, self.device)
         mine = batch_losses(self.model, self.forward, batches[world.rank::world.size],
                             self.device)
-        sums = torch.tensor([sum(float(v) for v in mine), len(mine)], dtype=torch.float64,
-                            device=self.device)
+        total = torch.stack(mine).double().sum() if mine else torch.zeros((), device=self.device,
+                                                                          dtype=torch.float64)
+        sums = torch.stack([total, torch.tensor(float(len(mine)), dtype=torch.float64,
+                                                device=self.device)])  # one sync, not one a batch
         total, n = world.all_sum(sums).tolist()
         return total / n
 

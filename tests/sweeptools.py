@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +83,17 @@ def assert_each_step_once(hist: dict[str, list[tuple[int, float]]], where: str) 
 def trial_workers(under: Path) -> list[int]:
     """PIDs of Ray Tune trial workers whose working folder is under ``under``: the test's own
     sweep only, never another Ray on the same machine."""
+    return ray_processes(under, lambda cmd: "ImplicitFunc" in cmd or "trainable" in cmd)
+
+
+def train_workers(under: Path) -> list[int]:
+    """PIDs of the Ray Train workers of multi-worker trials running in ``under``."""
+    return ray_processes(under, lambda cmd: cmd.startswith("ray::RayTrainWorker"))
+
+
+def ray_processes(under: Path, kind: Callable[[str], bool]) -> list[int]:
+    """PIDs of Ray worker processes (``ray::...``) whose command line ``kind`` accepts and
+    whose working folder is under ``under``."""
     pids = []
     root = str(under.resolve())
     for proc in Path("/proc").iterdir():
@@ -92,7 +104,7 @@ def trial_workers(under: Path) -> list[int]:
             cwd = os.readlink(proc / "cwd")
         except OSError:
             continue
-        if cmd.startswith("ray::") and ("ImplicitFunc" in cmd or "trainable" in cmd) and (
+        if cmd.startswith("ray::") and kind(cmd) and (
             cwd == root or cwd.startswith(root + os.sep)
         ):
             pids.append(int(proc.name))

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from sweeptools import HARNESS, assert_each_step_once, child_runs, histories
+from sweeptools import HARNESS, assert_each_step_once, child_runs, histories, train_workers
 from test_distributed import clipping_muon_trial
 
 from harness.config import load_sweep
@@ -48,20 +48,6 @@ def router_biases(storage: Path) -> dict[int, torch.Tensor]:
         biases = [v for k, v in state["model"].items() if k.endswith("e_score_bias")]
         out[workers] = torch.cat(biases)
     return out
-
-
-def train_workers(under: Path) -> list[int]:
-    """PIDs of Ray Train workers running in ``under`` (this test's project only)."""
-    root, pids = str(under.resolve()), []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-            cwd = os.readlink(proc / "cwd")
-        except (OSError, ValueError):
-            continue
-        if cmd.startswith("ray::RayTrainWorker") and (cwd == root or cwd.startswith(root + "/")):
-            pids.append(int(proc.name))
-    return pids
 
 
 def test_mixed_sweep_agrees_and_a_killed_worker_resumes(project: Path) -> None:

@@ -151,7 +151,7 @@ def trial_resources(specs: list[TrialSpec]) -> Any:
     else by trial (:meth:`TrialSpec.resources`: a multi-worker trial's Train workers reserve
     their own)."""
     if all(s.workers == 1 for s in specs):
-        return {k.lower(): v for k, v in specs[0].resources()[0].items()}
+        return {"cpu": specs[0].cpus, "gpu": specs[0].gpus}
     from ray.tune.execution.placement_groups import PlacementGroupFactory
 
     return lambda config: PlacementGroupFactory(TrialSpec.of_trial_config(config).resources())

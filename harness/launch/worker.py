@@ -20,11 +20,14 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from harness.config import TrialConfig
 from harness.prefix import PrefixStore, Share
 from harness.tracking import TrialStatus
+
+if TYPE_CHECKING:
+    from harness.distributed import World
 
 REPORT_KEY = "harness"
 """The one key of a ``tune.report`` that carries a :class:`Report` (a JSON string)."""
@@ -43,17 +46,20 @@ class TrialSpec:
     hash: str
     storage: str  # checkpoints under <storage>/checkpoints/<hash>
     cwd: str  # the submit folder: relative paths (data.path, HARNESS_CACHE) mean it
-    threads: int  # torch CPU threads: one per resources.cpu
+    cpus: float  # resources.cpu and resources.gpu: per worker of a multi-worker trial
     share: dict[str, Any] | None = None  # harness.prefix.Share.to_param(); None: no sharing
-    cpus: float = 1.0  # resources.cpu and resources.gpu: per worker of a multi-worker trial
     gpus: float = 0.0
 
     @classmethod
     def of(cls, trial: TrialConfig, storage: Path, cwd: Path, cpus: float,
            share: Share | None = None, gpus: float = 0.0) -> TrialSpec:
-        return cls(trial.model_dump(mode="json"), trial.hash, str(storage), str(cwd),
-                   max(1, int(cpus)), share.to_param() if share is not None else None,
-                   cpus, gpus)
+        return cls(trial.model_dump(mode="json"), trial.hash, str(storage), str(cwd), cpus,
+                   share.to_param() if share is not None else None, gpus)
+
+    @property
+    def threads(self) -> int:
+        """Torch CPU threads of each process: one per whole ``resources.cpu``."""
+        return max(1, int(self.cpus))
 
     @property
     def workers(self) -> int:
@@ -162,7 +168,7 @@ def trainable(config: dict[str, Any]) -> None:
     _run(spec, TuneTracker())
 
 
-def _run(spec: TrialSpec, tracker: TuneTracker, world: Any = None) -> None:
+def _run(spec: TrialSpec, tracker: TuneTracker, world: World | None = None) -> None:
     """One process's part of the trial: in the submit folder, with its threads."""
     import torch
 
