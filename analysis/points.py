@@ -139,7 +139,7 @@ def annotate(runs: pd.DataFrame, spec: AnalysisSpec, axes: Sequence[str] | None)
     frame["arm_value"] = frame[column] if column in frame.columns else "all"
     frame["arm_value"] = frame["arm_value"].where(frame["arm_value"].notna(), "none")
     frame["arm_label"] = [arm_label(column, v) for v in frame["arm_value"]]
-    varied = [a for a in _varied(frame, axes) if a not in (SEED_AXIS, spec.best_of)]
+    varied = [a for a in _varied(frame, axes) if a != SEED_AXIS and a not in spec.tuned]
     if spec.size is not None and spec.size in frame.columns and spec.size not in varied:
         varied.append(spec.size)
     per_arm = frame.groupby("arm_label")
@@ -180,42 +180,105 @@ def reported_split(frame: pd.DataFrame) -> str:
     return "test" if len(test) and bool(np.isfinite(test.to_numpy(float)).all()) else "val"
 
 
-def select_best(runs: Runs, best_of: str | None) -> Runs:
-    """Keep, per (arm, condition), the runs of the ``best_of`` value with the lowest mean final
-    val loss over seeds; ``selected`` marks them. Notes name the chosen values and flag a
-    choice at the edge of the values tried (the optimum may lie outside the grid)."""
+Tuned = str | Sequence[str] | None
+"""``analysis.best_of``: one axis, several tuned together, or none."""
+
+
+def tuned_axes(best_of: Tuned) -> tuple[str, ...]:
+    """``best_of`` as a tuple of axes (empty when nothing is tuned)."""
     if best_of is None:
+        return ()
+    return (best_of,) if isinstance(best_of, str) else tuple(best_of)
+
+
+def _setting_value(value: Any) -> Any:
+    """A tuned value as a hashable key: numbers as floats, missing (an axis an arm does not
+    use, e.g. ``optim.adamw_lr`` of an AdamW run) as ``None``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def setting_text(axes: Sequence[str], values: Sequence[Any]) -> str:
+    """``lr=0.01, adamw_lr=0.003``: the tuned values of one setting, unused axes left out."""
+    return ", ".join(f"{a.rsplit('.', 1)[-1]}={fmt_value(v)}"
+                     for a, v in zip(axes, values, strict=True) if v is not None)
+
+
+def _edge_axes(group: pd.DataFrame, axes: Sequence[str], best: tuple[Any, ...]) -> list[str]:
+    """The axes whose best value is the smallest or largest of the >= 2 values tried in this
+    cell (each arm has its own grid; a coordinate-wise design tries each axis around the
+    others' centre values)."""
+    edge = []
+    for axis, value in zip(axes, best, strict=True):
+        tried = sorted({v for v in group[axis] if v is not None}, key=sort_key)
+        if value is not None and len(tried) >= 2 and value in (tried[0], tried[-1]):
+            edge.append(axis)
+    return edge
+
+
+def _shown(axes: Sequence[str], setting: tuple[Any, ...]) -> str:
+    """A chosen setting in a note: ``0.01`` for one tuned axis, ``(lr=0.02, adamw_lr=0.01)``."""
+    return fmt_value(setting[0]) if len(axes) == 1 else f"({setting_text(axes, setting)})"
+
+
+def _setting_order(setting: tuple[Any, ...]) -> tuple[tuple[int, float, str], ...]:
+    return tuple(sort_key(v) for v in setting)
+
+
+def select_best(runs: Runs, best_of: Tuned) -> Runs:
+    """Keep, per (arm, condition), the runs of the ``best_of`` setting (one axis, or a tuple
+    of axes tuned together) with the lowest mean final val loss over seeds; ``selected`` marks
+    them. Notes name the chosen settings and flag a choice at the edge of the values tried on
+    any tuned axis (the optimum may lie outside the grid)."""
+    wanted = tuned_axes(best_of)
+    if not wanted:
         return runs
     frame = runs.frame.copy()
-    if best_of not in frame.columns:
-        note = f"`best_of` axis `{best_of}` is not in the runs table; every run is kept."
+    axes = [a for a in wanted if a in frame.columns]
+    missing = [f"`{a}`" for a in wanted if a not in frame.columns]
+    if not axes:
+        note = f"`best_of` axis {', '.join(missing)} is not in the runs table; every run is kept."
         return Runs(frame, runs.arm_column, runs.arm_axes, runs.condition_axes,
                     (*runs.notes, note))
-    usable = frame[frame["usable"]]
+    setting = pd.Series([tuple(_setting_value(row[a]) for a in axes)
+                         for _, row in frame[axes].iterrows()], index=frame.index, dtype=object)
+    usable = frame[frame["usable"]].assign(_setting=setting, **{
+        a: [s[i] for s in setting[frame["usable"]]] for i, a in enumerate(axes)})
     keep = pd.Series(False, index=frame.index)
-    chosen: dict[str, list[str]] = {}
+    chosen: dict[str, set[tuple[Any, ...]]] = {}
     edges: list[tuple[str, str]] = []
+    edge_text: list[str] = []
     for (label, cond), group in usable.groupby(["arm_label", "condition"], sort=False):
-        means = group.groupby(best_of)["final_val_loss"].mean()
+        means = group.groupby("_setting", sort=False)["final_val_loss"].mean()
         best = means.idxmin()
         keep |= (frame["arm_label"] == label) & (frame["condition"] == cond) & frame["usable"] & (
-            frame[best_of].map(lambda v, b=best: same_value(v, b)))
-        chosen.setdefault(str(label), []).append(fmt_value(best))
-        tried = sorted(means.index, key=sort_key)  # this arm's own grid in this cell
-        if len(tried) >= 2 and best in (tried[0], tried[-1]):
+            setting.map(lambda v, b=best: v == b))
+        chosen.setdefault(str(label), set()).add(best)
+        at_edge = _edge_axes(group, axes, best)
+        if at_edge:
             edges.append((str(label), str(cond)))
+            on = "" if len(axes) == 1 else f" ({', '.join(f'`{a}`' for a in at_edge)})"
+            edge_text.append(f"{label} at {cond}{on}")
     frame["selected"] = keep
-    picks = "; ".join(f"{arm}: {', '.join(sorted(set(v), key=sort_key))}"
-                      for arm, v in chosen.items())
-    n_values = usable.groupby(["arm_label", "condition"])[best_of].nunique()
-    span = f"{n_values.min()}-{n_values.max()}" if len(n_values) else "0"
-    notes = [f"Best `{best_of}` per arm and condition (lowest final val loss; {span} values "
+    picks = "; ".join(
+        f"{arm}: {', '.join(_shown(axes, b) for b in sorted(v, key=_setting_order))}"
+        for arm, v in chosen.items())
+    n_settings = usable.groupby(["arm_label", "condition"])["_setting"].nunique()
+    span = f"{n_settings.min()}-{n_settings.max()}" if len(n_settings) else "0"
+    names = ", ".join(f"`{a}`" for a in axes)
+    what = "values" if len(axes) == 1 else "settings"
+    notes = [f"Best {names} per arm and condition (lowest final val loss; {span} {what} "
              f"tried per cell, each arm on its own grid): {picks or 'none'}."]
+    if missing:
+        notes.append(f"`best_of` axis {', '.join(missing)} is not in the runs table: not tuned.")
     if edges:
-        cells = "; ".join(f"{arm} at {cond}" for arm, cond in edges)
-        notes.append(f"At {len(edges)} of {len(n_values)} (arm, condition) cells the best "
-                     f"`{best_of}` is the smallest or largest value of that arm's own grid, so "
-                     f"the optimum may lie outside it: {cells}.")
+        notes.append(f"At {len(edges)} of {len(n_settings)} (arm, condition) cells the best "
+                     f"{names} is the smallest or largest value of that arm's own grid, so "
+                     f"the optimum may lie outside it: {'; '.join(edge_text)}.")
     return Runs(frame, runs.arm_column, runs.arm_axes, runs.condition_axes,
                 (*runs.notes, *notes), tuple(edges))
 

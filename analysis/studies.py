@@ -56,6 +56,7 @@ from analysis.points import (
     REPORTED_SPLIT,
     FitPoints,
     Runs,
+    Tuned,
     annotate,
     arm_label,
     fit_points,
@@ -210,7 +211,7 @@ def _grouped_by(runs: Runs) -> str:
 
 
 def traces(runs: Runs, curves: pd.DataFrame, order: list[str], parts: Parts, name: str,
-           best_of: str | None = None) -> None:
+           best_of: Tuned = None) -> None:
     """Max attention logit and expert-load imbalance over training (``analysis.telemetry``);
     runs of one arm and condition that differ in ``best_of`` are told apart by shade."""
     jobs = (("max_logit", "max attention logit over training", max_logit_summary,
@@ -367,7 +368,7 @@ def study(name: str, collected: Collected, spec: AnalysisSpec, axes: list[str] |
         traces(runs, collected.curves, order, parts, name, spec.best_of)
     health = routing(runs, collected.curves, parts, spec.claim.where if spec.claim else None)
     keep = [c for c in ("run_id", "name", "status", "arm_label", "condition", "seed",
-                        spec.best_of, "tokens", "flops", "final_train_loss", "final_val_loss",
+                        *spec.tuned, "tokens", "flops", "final_train_loss", "final_val_loss",
                         "params_active", "params_total", "sparsity", "selected")
             if c is not None and c in runs.frame.columns]
     # the CSV names the logged size params as the report does

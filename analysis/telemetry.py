@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.plots import Traces
-from analysis.points import Runs, fmt_value, sort_key
+from analysis.points import Runs, Tuned, fmt_value, setting_text, sort_key, tuned_axes
 from analysis.references import K2_CLIPPED, K2_LOGITS
 from harness.routing import BALANCED, COLLAPSED, routing_health
 
@@ -41,18 +41,20 @@ class TraceSummary:
 COLUMNS = ["run", "arm", "condition", "variant", "tokens", "value"]
 
 
-def variants(runs: Runs, best_of: str | None) -> pd.Series:
-    """Per run, its ``best_of`` setting as text (``lr=0.01``): runs of one arm and condition
-    that differ in it are drawn in different shades; '' when there is no such axis."""
+def variants(runs: Runs, best_of: Tuned) -> pd.Series:
+    """Per run, its ``best_of`` setting as text (``lr=0.01``, ``lr=0.02, adamw_lr=0.01``): runs
+    of one arm and condition that differ in it are drawn in different shades; '' when there is
+    no such axis."""
     frame = runs.frame
-    if best_of is None or best_of not in frame.columns:
+    axes = [a for a in tuned_axes(best_of) if a in frame.columns]
+    if not axes:
         return pd.Series("", index=frame.index)
-    short = best_of.rsplit(".", 1)[-1]
-    return frame[best_of].map(lambda v: f"{short}={fmt_value(v)}")
+    return pd.Series([setting_text(axes, [None if pd.isna(v) else v for v in row])
+                      for row in frame[axes].itertuples(index=False)], index=frame.index)
 
 
 def _traces(runs: Runs, curves: pd.DataFrame, metric: str,
-            best_of: str | None = None) -> pd.DataFrame:
+            best_of: Tuned = None) -> pd.DataFrame:
     """Columns run, arm, condition, variant (:func:`variants`), tokens, value for every run
     that logged ``metric``."""
     if curves.empty or metric not in curves.columns or "tokens" not in curves.columns:
@@ -97,7 +99,7 @@ def _per_run(runs: Runs, pts: pd.DataFrame) -> pd.DataFrame:
 
 
 def max_logit_summary(runs: Runs, curves: pd.DataFrame,
-                      best_of: str | None = None) -> TraceSummary | None:
+                      best_of: Tuned = None) -> TraceSummary | None:
     """Peak and final max attention logit per run and arm, clip events under QK-Clip;
     ``best_of``: the setting that tells runs of one arm and condition apart (:func:`variants`)."""
     pts = _traces(runs, curves, "attn/max_logit", best_of)
@@ -143,7 +145,7 @@ def max_logit_summary(runs: Runs, curves: pd.DataFrame,
 
 
 def imbalance_summary(runs: Runs, curves: pd.DataFrame,
-                      best_of: str | None = None) -> TraceSummary | None:
+                      best_of: Tuned = None) -> TraceSummary | None:
     """Expert-load imbalance per run and arm: end of training, last quarter, peak;
     ``best_of`` as in :func:`max_logit_summary`."""
     pts = _traces(runs, curves, "moe/imbalance", best_of)

@@ -56,6 +56,8 @@ def type_name(annotation: Any) -> str:
         tail = " or null" if type(None) in args else ""
         return ", ".join(names) + tail if len(names) > 1 else names[0] + tail
     if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list of {type_name(args[0])}"
         return "[" + ", ".join(type_name(a) for a in args) + "]"
     if origin is list:
         return f"list of {type_name(args[0])}" if args else "list"

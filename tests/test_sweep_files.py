@@ -8,7 +8,7 @@ GPU resources, 10M-1B active parameters.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
@@ -117,18 +117,35 @@ def test_router_groups_flat_vs_grouped(profile: str | None) -> None:
     assert len({t.train.tokens for t in ts}) >= 3
 
 
+TUNED = ("optim.lr", "optim.adamw_lr", "optim.router_lr")
+"""The optimizers study's tuned lrs: Muon's, and the AdamW part's and router's of a Muon run."""
+
+
 @pytest.mark.parametrize("profile", [None, "gpu"])
-def test_optimizers_tune_lr_per_arm_and_size(profile: str | None) -> None:
+def test_optimizers_tune_every_lr_each_arm_uses(profile: str | None) -> None:
     ts = trials("optimizers", profile)
-    cells = defaultdict(set)
+    assert {t.optim.arm for t in ts} == {"adamw", "muon"}
+    budgets = {t.train.tokens for t in ts}
+    assert len(budgets) >= 3
+    cells: dict[tuple[str, int], list[tuple[float | None, ...]]] = defaultdict(list)
     for t in ts:
-        cells[(t.optim.arm, t.model.d_model)].add(t.optim.lr)
-    assert {arm for arm, _ in cells} == {"adamw", "muon", "muonclip"}
-    assert len({d for _, d in cells}) >= 3
-    assert all(len(lrs) >= 3 for lrs in cells.values())
+        if t.train.seed == 0:
+            cells[(t.optim.arm, t.train.tokens)].append(
+                (t.optim.lr, t.optim.adamw_lr, t.optim.router_lr))
+    assert len(cells) == 2 * len(budgets)
+    for (arm, _), settings in cells.items():
+        assert len({s[0] for s in settings}) >= 4  # each arm's own lr grid
+        if arm != "muon":
+            continue
+        # coordinate-wise: each axis is tried below and above its centre (its most frequent
+        # value) with the others at theirs
+        centre = tuple(Counter(s[i] for s in settings).most_common(1)[0][0] for i in range(3))
+        for i in range(3):
+            others = centre[:i] + centre[i + 1:]
+            line = sorted(s[i] for s in settings if s[:i] + s[i + 1:] == others)
+            assert len(line) >= 3 and line[0] < centre[i] < line[-1], (i, line)
     spec = load_sweep(ROOT / "sweeps" / "optimizers.yaml").analysis
-    expected = ("arm", "adamw", "model.d_model", "optim.lr")
-    assert (spec.arm, spec.baseline, spec.size, spec.best_of) == expected
+    assert (spec.arm, spec.baseline, spec.tuned) == ("arm", "adamw", TUNED)
 
 
 def test_muonclip_has_off_k2_and_small_tau() -> None:

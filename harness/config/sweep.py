@@ -170,13 +170,15 @@ class AnalysisSpec(Frozen):
                      "'arm' = optimizer arm, 'sparsity')")
     baseline: str | float | int | None = Field(None, description="arm value others compare to")
     size: str | None = Field(None, description="column that distinguishes model sizes")
-    best_of: str | None = Field(
-        None, description="axis tuned per (arm, size): keep the best final loss over it"
+    best_of: str | tuple[str, ...] | None = Field(
+        None, description="axis (or list of axes tuned together, e.g. [optim.lr, "
+        "optim.adamw_lr]) tuned per (arm, size): keep the setting with the best final val loss"
     )
     edge: Literal["inconclusive", "allow"] = Field(
         "inconclusive", description="best_of chosen at the smallest or largest value of its arm's "
-        "own grid in a cell: inconclusive makes the verdict of a claim that reads that cell "
-        "inconclusive (the optimum may lie outside the grid); allow only warns")
+        "own grid (on any of its axes) in a cell: inconclusive makes the verdict of a claim "
+        "that reads that cell inconclusive (the optimum may lie outside the grid); allow only "
+        "warns")
     collapsed: Literal["inconclusive", "report"] | None = Field(
         None, description="runs whose routing collapsed (harness.routing): inconclusive makes "
         "the verdict on an arm (or baseline) where most runs collapsed inconclusive; report only "
@@ -190,6 +192,20 @@ class AnalysisSpec(Frozen):
         if self.collapsed is not None:
             return self.collapsed
         return "inconclusive" if self.kind == "sparsity" else "report"
+
+    @property
+    def tuned(self) -> tuple[str, ...]:
+        """The ``best_of`` axes as a tuple (empty when nothing is tuned)."""
+        if self.best_of is None:
+            return ()
+        return (self.best_of,) if isinstance(self.best_of, str) else self.best_of
+
+    @field_validator("best_of")
+    @classmethod
+    def _best_of(cls, v: str | tuple[str, ...] | None) -> str | tuple[str, ...] | None:
+        if isinstance(v, tuple) and (not v or len(set(v)) < len(v)):
+            raise ValueError("best_of: a list of axes must name at least one axis, each once")
+        return v
 
     @model_validator(mode="after")
     def _claim_fits_kind(self) -> Self:
