@@ -226,11 +226,12 @@ def _law_figures(d: Design, parts: Parts, fit: SparsityLawFit, frame: pd.DataFra
         grid = np.geomspace(g["flops"].min() / 1.5, g["flops"].max() * 1.5, 80)
         pred = fit.E + fit.A * (fit.multipliers[a] * grid) ** -fit.alpha
         laws.append(pd.DataFrame({"arm": label_of.get(a, a), "flops": grid, "loss": pred}))
+    words, ylabel = d.points.axis()
     parts.figures.append(FigureJob(
         "sparsity", plot_loss_vs_compute,
         LossVsCompute(d.points.display, pd.concat(laws, ignore_index=True),
-                      f"{d.name}: val loss vs training FLOPs, joint sparsity law", "arm",
-                      L_star, d.order),
+                      f"{d.name}: {words} vs training FLOPs, joint sparsity law", "arm",
+                      L_star, d.order, ylabel),
         "Loss vs training FLOPs per arm with the joint law L = E + A (m_s C)^-alpha "
         "(shared E and alpha; K2 report §2.3) and the target loss L*."))
     assert parts.law is not None

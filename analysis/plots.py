@@ -9,7 +9,7 @@ or imports ``matplotlib.pyplot``.
   L = E + A C^-alpha and their 95% bootstrap bands (Hoffmann et al. 2022; Kimi K2 report,
   arXiv 2507.20534, section 2.3 for the sparsity law).
 - :func:`plot_multipliers`: compute multipliers C_baseline(L*) / C_arm(L*) with 95% intervals.
-- :func:`plot_final_losses`: final val loss per arm and condition (ablation bars, spread as
+- :func:`plot_final_losses`: final loss (test where logged) per arm and condition (ablation bars, spread as
   error bars).
 - :func:`plot_max_logit`, :func:`plot_imbalance`: a metric over training per run (max attention
   logit with the QK-Clip threshold, K2 report Algorithm 1; expert-load imbalance).
@@ -58,7 +58,8 @@ class LossVsCompute:
     docstring); every run is drawn as a faint line through its points, used points as markers.
     ``laws``: columns ``arm``, ``flops``, ``loss`` (the fitted law) and optionally ``lo``, ``hi``
     (95% band; NaN where there is none). ``L_star``: a target loss to mark (None: none).
-    ``arms``: arm order (and so colours); arms not listed follow in natural order.
+    ``arms``: arm order (and so colours); arms not listed follow in natural order. ``ylabel``:
+    what the loss axis shows (``FitPoints.axis``).
     """
 
     points: pd.DataFrame
@@ -67,6 +68,7 @@ class LossVsCompute:
     legend_title: str = "arm"
     L_star: float | None = None
     arms: tuple[str, ...] = ()
+    ylabel: str = "validation loss"
 
 
 def _draw_runs(ax: Axes, points: pd.DataFrame, looks: dict[str, Look]) -> None:
@@ -112,7 +114,7 @@ def plot_loss_vs_compute(ax: Axes, data: LossVsCompute) -> None:
     readable_log_axis(ax.xaxis)
     readable_log_axis(ax.yaxis)
     ax.set_xlabel(FLOPS_LABEL)
-    ax.set_ylabel("validation loss")
+    ax.set_ylabel(data.ylabel)
     ax.set_title(data.title)
     legend_outside(ax, [e[0] for e in entries], [e[1] for e in entries], data.legend_title)
     ax.grid(True, which="both", alpha=0.2)
@@ -180,7 +182,7 @@ def plot_multipliers(ax: Axes, data: Multipliers) -> None:
 
 @dataclass(frozen=True)
 class FinalLosses:
-    """Final val loss per arm and condition for :func:`plot_final_losses`.
+    """Final loss (of ``split``) per arm and condition for :func:`plot_final_losses`.
 
     ``table``: columns ``arm``, ``condition`` (what the bars are grouped by: budget and other
     settings held equal; groups in natural order, 500k before 1M), ``mean``, ``lo``, ``hi``
@@ -191,6 +193,7 @@ class FinalLosses:
     title: str = ""
     legend_title: str = "arm"
     arms: tuple[str, ...] = ()
+    split: str = "val"
 
 
 def plot_final_losses(ax: Axes, data: FinalLosses) -> None:
@@ -213,7 +216,7 @@ def plot_final_losses(ax: Axes, data: FinalLosses) -> None:
         span = max(float(finite.max() - finite.min()), 1e-3 * float(finite.max()))
         ax.set_ylim(float(finite.min()) - 0.5 * span, float(finite.max()) + 0.3 * span)
     category_ticks(ax, conditions)
-    ax.set_ylabel("final validation loss (axis does not start at 0)")
+    ax.set_ylabel(f"final {data.split} loss (axis does not start at 0)")
     ax.set_title(data.title)
     handles, labels = ax.get_legend_handles_labels()
     legend_outside(ax, handles, labels, data.legend_title)

@@ -318,12 +318,22 @@ class FitPoints:
     ``frame``: columns ``run``, ``arm`` (value), ``label``, ``condition``, ``flops``, ``loss``.
     ``display``: every val-loss point of the selected runs (columns ``run``, ``arm`` (label),
     ``flops``, ``loss``, ``used``) for the figures. ``note``: the sentence for the report.
+    ``split``: whose loss the fit points are (``test`` where final points come from runs that
+    logged a test loss; the curves are always val).
     """
 
     frame: pd.DataFrame
     display: pd.DataFrame
     source: Literal["final", "curve"]
     note: str
+    split: str = "val"
+
+    def axis(self) -> tuple[str, str]:
+        """(title words, y label) of a loss-vs-FLOPs figure of these points: its lines are
+        val-loss curves, its markers the fit points."""
+        if self.split == "val":
+            return "val loss", "validation loss"
+        return "loss", f"loss: val curves (lines), final {self.split} (markers)"
 
 
 def _val_points(selected: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
@@ -354,7 +364,7 @@ def fit_points(runs: Runs, curves: pd.DataFrame) -> FitPoints:
                 f"has at least {MIN_BUDGETS} budgets ({int(budgets.min())}-"
                 f"{int(budgets.max())}), {len(frame)} runs in all.")
         display = pd.concat([val.assign(used=False), frame.assign(used=True)])
-        return FitPoints(frame, _display(display), "final", note)
+        return FitPoints(frame, _display(display), "final", note, split)
     after = val[val["step"] > val["warmup"]]
     frame = after[cols].reset_index(drop=True)
     few = ", ".join(f"{arm} {int(n)}" for arm, n in budgets.items()) or "no finished runs"

@@ -170,21 +170,25 @@ def curve_fits(d: Design, parts: Parts) -> None:
     parts.tables["fits"] = pd.DataFrame(rows)
     if points.display.empty:
         return
+    words, ylabel = points.axis()
     law_frame = pd.concat(laws, ignore_index=True) if laws else pd.DataFrame(
         columns=["arm", "flops", "loss", "lo", "hi"])
     parts.figures.append(FigureJob(
         "curves", plot_loss_vs_compute,
-        LossVsCompute(points.display, law_frame, f"{name}: val loss vs training FLOPs, "
-                      "power law per arm", "arm", arms=tuple(order)),
-        "Validation loss vs training FLOPs per arm (log-log): runs (lines), fit points "
-        "(markers), fitted L = E + A C^-alpha with its 95% bootstrap band where estimable."))
+        LossVsCompute(points.display, law_frame, f"{name}: {words} vs training FLOPs, "
+                      "power law per arm", "arm", arms=tuple(order), ylabel=ylabel),
+        f"Loss vs training FLOPs per arm (log-log): runs' val-loss curves (lines), fit points "
+        f"(markers: {points.split} loss), fitted L = E + A C^-alpha with its 95% bootstrap band "
+        "where estimable."))
 
 
 def final_losses(runs: Runs, order: list[str], parts: Parts, name: str) -> None:
-    """Final val loss per arm and condition (bars; min-max over seeds)."""
+    """Final reported loss (test where logged, else val) per arm and condition (bars; min-max
+    over seeds)."""
     sel = runs.frame[runs.frame["selected"]]
     if sel.empty or len(order) < 2:
         return
+    split = str(sel[REPORTED_SPLIT].iloc[0])
     stats = (sel.groupby(["arm_label", "condition"], sort=False)
              .agg(mean=(REPORTED, "mean"), lo=(REPORTED, "min"),
                   hi=(REPORTED, "max"), n=(REPORTED, "size"),
@@ -196,9 +200,9 @@ def final_losses(runs: Runs, order: list[str], parts: Parts, name: str) -> None:
     parts.tables["final_losses"] = stats
     parts.figures.append(FigureJob(
         "final_losses", plot_final_losses,
-        FinalLosses(stats, f"{name}: final val loss by arm and {_grouped_by(runs)}", "arm",
-                    tuple(order)),
-        "Final validation loss per arm and condition (min-max over seeds as error bars)."))
+        FinalLosses(stats, f"{name}: final {split} loss by arm and {_grouped_by(runs)}", "arm",
+                    tuple(order), split),
+        f"Final {split} loss per arm and condition (min-max over seeds as error bars)."))
 
 
 def _grouped_by(runs: Runs) -> str:

@@ -40,10 +40,10 @@ def sparsity() -> Study:
 
 
 TITLES = {
-    "sparsity": "sparsity: val loss vs training FLOPs, joint sparsity law",
+    "sparsity": "sparsity: loss vs training FLOPs, joint sparsity law",
     "multipliers": "sparsity: compute multiplier over sparsity 1",
-    "curves": "sparsity: val loss vs training FLOPs, power law per arm",
-    "final_losses": "sparsity: final val loss by arm and budget",
+    "curves": "sparsity: loss vs training FLOPs, power law per arm",
+    "final_losses": "sparsity: final test loss by arm and budget",
     "max_logit": "sparsity: max attention logit over training",
     "imbalance": "sparsity: expert-load imbalance over training",
 }
@@ -54,6 +54,9 @@ def test_every_figure_of_a_study_has_its_own_title(sparsity: Study) -> None:
     assert set(jobs) == set(TITLES)
     for name, job in jobs.items():
         assert drawn(job).get_title() == TITLES[name]
+    # the sparsity re-run logged test losses: the fit points (markers) and bars are test losses
+    assert drawn(jobs["curves"]).get_ylabel() == "loss: val curves (lines), final test (markers)"
+    assert drawn(jobs["final_losses"]).get_ylabel().startswith("final test loss")
     for other in ("smoke", "muonclip", "optimizers"):
         titles = [drawn(job).get_title() for job in cached_study(other).figures]
         assert len(set(titles)) == len(titles), titles
