@@ -9,8 +9,8 @@ or imports ``matplotlib.pyplot``.
   L = E + A C^-alpha and their 95% bootstrap bands (Hoffmann et al. 2022; Kimi K2 report,
   arXiv 2507.20534, section 2.3 for the sparsity law).
 - :func:`plot_multipliers`: compute multipliers C_baseline(L*) / C_arm(L*) with 95% intervals.
-- :func:`plot_final_losses`: final loss (test where logged) per arm and condition (ablation bars, spread as
-  error bars).
+- :func:`plot_final_losses`: final loss (test where logged) per arm and condition (ablation
+  bars, spread as error bars).
 - :func:`plot_max_logit`, :func:`plot_imbalance`: a metric over training per run (max attention
   logit with the QK-Clip threshold, K2 report Algorithm 1; expert-load imbalance).
 
