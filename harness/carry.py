@@ -22,30 +22,33 @@ import shutil
 import sys
 from pathlib import Path
 
-from harness.checkpoint import DamagedFileError, read_json, write_json_atomic
+from harness.checkpoint import DamagedFileError
 from harness.config import HarnessError, SweepConfig, load_sweep
 from harness.preflight import default_storage
-from harness.record import RESULT, parse_record
+from harness.record import RESULT, parse_record, write_record
 
 log = logging.getLogger(__name__)
 
 
-def _records(sweep: SweepConfig, storage: Path) -> dict[str, Path]:
-    """Trial hash -> its ``result.json`` under ``storage``, for the sweep's finished trials."""
-    folder = storage / "checkpoints"
-    found = {t.hash: folder / t.hash / RESULT for t in sweep.expand()}
+def _hashes(sweep: SweepConfig) -> list[str]:
+    return [t.hash for t in sweep.expand()]
+
+
+def _records(hashes: list[str], storage: Path) -> dict[str, Path]:
+    """Trial hash -> its ``result.json`` under ``storage``, for the finished ones of ``hashes``."""
+    found = {h: storage / "checkpoints" / h / RESULT for h in hashes}
     return {h: p for h, p in found.items() if p.exists()}
 
 
 def _copy_checked(src: Path, dest: Path) -> bool:
     """Copy one record, after checking it reads whole; a damaged one is left behind (False)."""
     try:
-        parse_record(src)
+        record = parse_record(src)
     except DamagedFileError as e:
         log.warning("%s not carried: %s", src, e.reason)
         return False
     dest.parent.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(read_json(src), dest)
+    write_record(record, dest.parent, dest.name)
     return True
 
 
@@ -53,7 +56,7 @@ def save_records(sweep: SweepConfig, storage: Path, dest: Path) -> int:
     """Copy the records of ``sweep``'s finished trials under ``storage`` to ``dest/<hash>.json``
     (existing copies are replaced); return how many were copied."""
     return sum(_copy_checked(src, dest / f"{h}.json")
-               for h, src in sorted(_records(sweep, storage).items()))
+               for h, src in sorted(_records(_hashes(sweep), storage).items()))
 
 
 def restore_records(sweep: SweepConfig, src: Path, storage: Path) -> int:
@@ -61,7 +64,7 @@ def restore_records(sweep: SweepConfig, src: Path, storage: Path) -> int:
     under ``storage``, where it has none; return how many were restored. Files of trials the
     sweep no longer has (an axis changed since they were saved) are passed over."""
     folder = storage / "checkpoints"
-    wanted = {t.hash for t in sweep.expand()}
+    wanted = set(_hashes(sweep))
     restored = 0
     for path in sorted(src.glob("*.json")):
         target = folder / path.stem / RESULT
@@ -72,7 +75,8 @@ def restore_records(sweep: SweepConfig, src: Path, storage: Path) -> int:
 
 def complete(sweep: SweepConfig, storage: Path) -> bool:
     """Whether every trial of ``sweep`` has its record under ``storage``."""
-    return len(_records(sweep, storage)) == len(sweep.expand())
+    hashes = _hashes(sweep)
+    return len(_records(hashes, storage)) == len(hashes)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -120,11 +120,11 @@ def steps_trained(ckpt_dir: Path) -> int:
     return sum(end - first for (_, first), end in reached.items())
 
 
-def write_record(record: TrialRecord, ckpt_dir: Path) -> None:
-    """Write ``result.json`` crash-safely (temporary file, fsync, rename)."""
+def write_record(record: TrialRecord, ckpt_dir: Path, name: str = RESULT) -> None:
+    """Write ``result.json`` (or ``name``) crash-safely (temporary file, fsync, rename)."""
     body = {"result": asdict(record.result), "rows": record.rows,
             "artifacts": record.artifacts, "params": record.params, "tags": record.tags}
-    write_json_atomic(body, ckpt_dir / RESULT)
+    write_json_atomic(body, ckpt_dir / name)
 
 
 def read_record(ckpt_dir: Path) -> TrialRecord | None:
