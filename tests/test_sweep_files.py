@@ -1,8 +1,9 @@
 """The shipped K2 study sweeps: each asks what its description says, and is sized as promised.
 
-CPU (the top-level base/grid): at most ~40 minutes on 2 cores with 2 trials at a time, enough
+CPU (the top-level base/grid): at most ~2 hours on 2 cores with 2 trials at a time, enough
 optimizer steps for the loss to move, WSD so final points are cooled down. GPU profile: CUDA,
-GPU resources, 10M-1B active parameters.
+GPU resources, 10M-1B active parameters, every trial within an 80 GB GPU by harness.memory's
+estimate (the check `harness submit` makes on the GPU machine).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from pathlib import Path
 import pytest
 
 from harness.config import TrialConfig, load_sweep
+from harness.memory import USABLE, estimate_bytes
 from harness.prefix import plan_sharing
 
 ROOT = Path(__file__).resolve().parent.parent
 STUDIES = ["sparsity", "heads", "dense_layers", "router_groups", "optimizers", "muonclip"]
+GPU_BYTES = 80e9  # the smallest GPU the profiles promise to fit (H100 / A100 80 GB)
 CPU_FLOP_BUDGET = 3.2e14
 """Training FLOPs one CPU sweep may train after prefix sharing: about 2 hours on 2 cores (a sweep
 of 9.4e13 took ~35 minutes)."""
@@ -67,6 +70,7 @@ def test_gpu_profile_is_a_real_study(stem: str) -> None:
         assert t.train.device == "cuda"
         assert 1e7 <= t.model.param_counts().active <= 1e9
         assert t.train.steps >= 100
+        assert estimate_bytes(t) <= USABLE * GPU_BYTES, f"{stem}: trial {t.hash} exceeds 80 GB"
 
 
 @pytest.mark.parametrize("profile", [None, "gpu"])
