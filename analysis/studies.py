@@ -373,6 +373,7 @@ def study(name: str, collected: Collected, spec: AnalysisSpec, axes: list[str] |
     health = routing(runs, collected.curves, parts, spec.claim.where if spec.claim else None)
     keep = [c for c in ("run_id", "name", "status", "arm_label", "condition", "seed",
                         *spec.tuned, "tokens", "flops", "final_train_loss", "final_val_loss",
+                        "final_test_loss",
                         "params_active", "params_total", "sparsity", "selected")
             if c is not None and c in runs.frame.columns]
     # the CSV names the logged size params as the report does

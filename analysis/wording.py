@@ -63,7 +63,12 @@ def fewer_or_more(value: float) -> str:
 
 
 def paired_text(c: PairedChange) -> str:
-    """The paired final-loss change at the largest budget, then over every pair."""
+    """The paired final-loss change at the largest budget, then over every pair; pairs whose
+    final losses are all equal (a setting that never acted, e.g. a QK-Clip threshold the logits
+    never reached) say so instead of showing a zero-width interval."""
+    if all(p.rel_change == 0 for p in c.pairs):
+        return (f"{c.arm} vs {c.baseline}: the same final loss in all {len(c.pairs)} pairs, to "
+                "the last digit (the setting changed nothing these runs computed)")
     noise = {"seeds": f"seed noise sd {c.noise.sd:.2%} ({c.noise.df} df)",
              "conditions": f"one seed: noise from the spread across conditions, sd "
                            f"{c.noise.sd:.2%} ({c.noise.df} df)",

@@ -20,7 +20,7 @@ from analysis.results import (
     Pair,
     PairedChange,
 )
-from analysis.wording import Verdict, percent, times
+from analysis.wording import Verdict, paired_text, percent, times
 from harness.config.sweep import AnalysisSpec, ClaimSpec, SweepConfig
 
 EFFECT = ClaimSpec(text="x is better", kind="effect", arms=["a"], published=1.3)
@@ -59,6 +59,12 @@ def change(values: list[float], sd: float = 0.01) -> PairedChange:
     est = Estimate(mean, mean - 0.02, mean + 0.02, "", "t", sd)
     return PairedChange("a", "b", pairs, est, est, "1M", Noise(sd, 3, "seeds"), 2.8 * sd,
                         len(values), "tokens=1M")
+
+
+def test_identical_pairs_say_so_instead_of_a_zero_width_interval() -> None:
+    assert "the same final loss in all 3 pairs" in paired_text(change([0.0, 0.0, 0.0], sd=0.0))
+    text = paired_text(change([0.0, 0.001, 0.0]))
+    assert "same final loss" not in text and "over all 3 pairs" in text
 
 
 def test_not_estimable_is_inconclusive_and_never_a_number() -> None:

@@ -62,6 +62,7 @@ def log_sweep(store: Store, sweep: SweepConfig, rng: np.random.Generator) -> Non
                 "tokens": float(s * trial.train.batch_tokens),
                 "attn/max_logit": 5.0 + 0.1 * s * (2 if trial.optim.name == "muon" else 1),
                 "moe/imbalance": 1.0 + 1.0 / s}, step=int(s))
+        tracker.log_metrics({"test/loss": float(loss[-1]) * 1.002}, step=int(steps[-1]))
         tracker.finish(TrialStatus.FINISHED)
 
 
@@ -115,6 +116,8 @@ def test_make_all_writes_figures_tables_and_report(made: Made) -> None:
             assert (made.out / name / f"{figure}.png").stat().st_size > 1000
         for csv in (made.out / name).glob("*.csv"):
             pd.read_csv(csv)
+        runs = pd.read_csv(made.out / name / "runs.csv")  # the reported (test) loss is listed
+        assert runs["final_test_loss"].notna().all() and "test split" in made.report
         assert (made.out / "cache" / f"{name}.sweep.json").exists()
     assert {p.name for p in made.paths} >= {"multipliers.png", "multipliers.csv", "fits.csv",
                                             "runs.csv", "final_losses.png", "report.md"}
