@@ -29,7 +29,7 @@ from analysis.inference import POWER_FACTOR, noise_of, t_interval
 from analysis.laws import FRONTIERS, SparsityLawFit, compute_multiplier, fit_sparsity_law
 from analysis.parts import Design, FigureJob, Parts
 from analysis.plots import LossVsCompute, Multipliers, plot_loss_vs_compute, plot_multipliers
-from analysis.points import REPORTED, rows_where, same_value
+from analysis.points import REPORTED, rows_where, same_value, where_text
 from analysis.references import K2_MONOTONE, reference
 from analysis.results import (
     Estimate,
@@ -271,9 +271,9 @@ def _where(sel: pd.DataFrame, where: dict[str, Any], parts: Parts) -> pd.DataFra
         return sel.iloc[0:0]
     sel = rows_where(sel, where)
     if where:
-        shown = ", ".join(f"{k} = {v}" for k, v in where.items())
-        parts.say(f"The paired changes read only the runs with {shown} (`analysis.claim.where`:"
-                  " the setting the claim is made at); the other runs are reported above.")
+        parts.say(f"The paired changes read only the runs with {where_text(where)} (`analysis."
+                  "claim.where`: the setting the claim is made at); the other runs are reported "
+                  "above.")
     return sel
 
 

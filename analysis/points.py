@@ -90,6 +90,11 @@ def rows_where(frame: pd.DataFrame, where: Mapping[str, Any]) -> pd.DataFrame:
     return frame
 
 
+def where_text(where: Mapping[str, Any]) -> str:
+    """``optim.lr = 0.02, ...``: the settings ``analysis.claim.where`` names, for the report."""
+    return ", ".join(f"{k} = {v}" for k, v in where.items())
+
+
 @dataclass(frozen=True)
 class Runs:
     """A sweep's runs with analysis columns added (module docstring).

@@ -65,6 +65,7 @@ from analysis.points import (
     same_value,
     select_best,
     throughput,
+    where_text,
 )
 from analysis.results import ArmLogits, Evidence, Logits, Multiplier, PairedChange, SparsityLaw
 from analysis.telemetry import (
@@ -122,12 +123,27 @@ def _band(fit: PowerLawFit, g: pd.DataFrame, grid: np.ndarray, n_boot: int,
     return lo, hi
 
 
+def _claim_points(d: Design, parts: Parts) -> pd.DataFrame:
+    """The fit points of the runs ``analysis.claim.where`` names (all without it): one law
+    across runs at different settings of a non-scale axis (e.g. two learning rates) would mix
+    configurations."""
+    frame = d.points.frame
+    if not d.where or not set(d.where) <= set(d.runs.frame.columns):
+        return frame
+    keep = set(rows_where(d.runs.frame, d.where)["run_id"])
+    parts.say(f"The per-arm laws fit only the runs with {where_text(d.where)} "
+              "(`analysis.claim.where`); the "
+              "figure shows every run.")
+    return frame[frame["run"].isin(keep)]
+
+
 def curve_fits(d: Design, parts: Parts) -> None:
     """Per-arm L = E + A C^-alpha with bootstrap intervals, bands and a held-out check."""
     points, order, n_boot, seed, name = d.points, list(d.order), d.n_boot, d.seed, d.name
     rows, laws = [], []
+    fitted = _claim_points(d, parts)
     for label in order:
-        g = d.with_seeds(points.frame[points.frame["label"] == label])
+        g = d.with_seeds(fitted[fitted["label"] == label])
         unit = g["seed"] if d.by_seed else g["run"]
         row: dict[str, Any] = {"arm": label, "n_points": len(g), "n_runs": g["run"].nunique(),
                                "source": points.source}

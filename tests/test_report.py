@@ -420,10 +420,14 @@ def test_claim_where_reads_the_paired_change_at_the_claims_setting() -> None:
         spec = AnalysisSpec(kind="logits", arm="optim.qk_clip_tau",
                             claim={**claim, "where": where})
         result = study("clip", data, spec, n_boot=0)
+        runs_fitted.append(set(result.tables["fits"]["n_runs"]))
         return result.tables["final_loss_changes"], [f.text for f in result.findings]
 
+    runs_fitted: list[set[int]] = []
     everywhere, _ = read({})
     tuned, texts = read({"optim.lr": 0.01})
+    assert runs_fitted == [{4}, {2}]  # the per-arm laws, too, fit only the claim's setting
+    assert any("laws fit only the runs with optim.lr = 0.01" in t for t in texts)
     assert everywhere["rel_change"].min() < -0.09 and len(everywhere) == 4
     assert len(tuned) == 2 and tuned["condition"].str.startswith("lr=0.01").all()
     assert tuned["rel_change"].abs().max() < 0.01
