@@ -225,10 +225,19 @@ SUMMARY_INTRO = (
 )
 
 
-VAL_NOTE = (
-    "Every loss below is a validation loss on the old two-file val set (the cached runs logged "
-    "`val/loss` only, no `test/loss`); that same set chose each tuned learning rate, so tuned "
-    "losses are optimistic.")
+def val_note(on_val: list[str], n: int) -> str:
+    """The header's word on splits: which of the ``n`` sweeps could only be scored on the old
+    two-file val set (runs from before the test split), so that no reader takes them for
+    test-split numbers."""
+    if not on_val:
+        return ""
+    which = ("Every loss below is" if len(on_val) == n else
+             f"In {len(on_val)} of {n} sweeps ({', '.join(on_val)}) every loss is")
+    rest = "" if len(on_val) == n else (" The other sweeps chose on the validation split and "
+                                        "report the test split.")
+    return (f"{which} a validation loss on the old two-file val set (their runs logged "
+            "`val/loss` only, no `test/loss`); that same set chose each tuned learning rate, so "
+            f"tuned losses are optimistic.{rest}")
 
 
 def _failed_section(name: str, reason: str) -> str:
@@ -272,6 +281,7 @@ def make_all(experiments: list[str] | None = None, *, refresh: bool = False,
     written: list[Path] = []
     sections: list[str] = []
     headlines: list[Headline] = []
+    on_val: list[str] = []
     for name in sorted(targets, key=report_order):
         try:
             if name in fetch and not store_exists(uri):
@@ -292,6 +302,8 @@ def make_all(experiments: list[str] | None = None, *, refresh: bool = False,
         files = write_study(result, out_dir / name)
         written += files
         sections.append(section(result, name))
+        if VAL_SET_NOTE in result.summary:
+            on_val.append(name)
         headlines += result.headlines
         if name in online:
             _log_to_parent(name, uri, files, section(result, "."))
@@ -299,7 +311,7 @@ def make_all(experiments: list[str] | None = None, *, refresh: bool = False,
     out_dir.mkdir(parents=True, exist_ok=True)
     header = HEADER.format(n=len(targets), names=", ".join(targets) or "none",
                            cache=f"{out_dir.name}/{CACHE}",
-                           val_note=VAL_NOTE if any(VAL_SET_NOTE in s for s in sections) else "")
+                           val_note=val_note(on_val, len(targets)))
     report.write_text("\n".join([header, *summary_section(headlines), *sections]).rstrip() + "\n")
     written.append(report)
     log.info("wrote %d files under %s", len(written), out_dir)

@@ -22,7 +22,7 @@ import pytest
 
 from analysis.collect import Collected
 from analysis.points import annotate, fit_points, select_best
-from analysis.report import make_all
+from analysis.report import make_all, val_note
 from analysis.studies import study
 from analysis.telemetry import variants
 from harness.config import AnalysisSpec, SweepConfig, TrialConfig
@@ -122,6 +122,14 @@ def test_make_all_writes_figures_tables_and_report(made: Made) -> None:
     assert {p.name for p in made.paths} >= {"multipliers.png", "multipliers.csv", "fits.csv",
                                             "runs.csv", "final_losses.png", "report.md"}
     assert all(p.exists() for p in made.paths)
+
+
+def test_header_names_the_sweeps_scored_on_the_old_val_set(made: Made) -> None:
+    assert "old two-file" not in made.report  # every run here logged a test loss
+    assert val_note([], 3) == ""
+    assert val_note(["a", "b"], 2).startswith("Every loss below is a validation loss")
+    mixed = val_note(["a"], 3)
+    assert mixed.startswith("In 1 of 3 sweeps (a) every loss is") and "test split" in mixed
 
 
 def test_report_recovers_the_planted_multiplier(made: Made) -> None:
