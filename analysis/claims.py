@@ -66,12 +66,26 @@ def interval_verdict(claim: ClaimSpec, lo: float, hi: float) -> tuple[Verdict, s
     # a multiplier above 1x and a loss change below 0 are both "better"
     high = (claim.direction == "better") == mult
     right, wrong = (lo > null, hi < null) if high else (hi < null, lo > null)
-    where = "1x" if mult else "0%"
+    where, size = ("1x" if mult else "0%"), _size_note(claim, lo, hi)
     if right:
-        return Verdict.AGREES, f"the interval excludes {where} on the claimed side"
+        return Verdict.AGREES, f"the interval excludes {where} on the claimed side{size}"
     if wrong:
-        return Verdict.DISAGREES, f"the interval lies entirely on the other side of {where}"
-    return Verdict.INCONCLUSIVE, f"the interval includes {where} (no change)"
+        return Verdict.DISAGREES, f"the interval lies entirely on the other side of {where}{size}"
+    return Verdict.INCONCLUSIVE, f"the interval includes {where} (no change){size}"
+
+
+def _size_note(claim: ClaimSpec, lo: float, hi: float) -> str:
+    """Where the published effect lies against the interval: the verdict judges direction, this
+    says whether the size matches (empty when the claim declares no published value)."""
+    p = claim.published
+    if p is None:
+        return ""
+    shown = f"{p:.2f}x" if claim.measure == "multiplier" else f"{p:+.1%}"
+    place = "inside" if lo <= p <= hi else "below" if p < lo else "above"
+    if claim.published_for:
+        return (f"; the published {shown} is for {claim.published_for}, another comparison "
+                f"(it lies {place} this interval)")
+    return f"; the published {shown} lies {place} it"
 
 
 def read_out(claim: ClaimSpec, ev: Evidence) -> Estimate | None:
@@ -195,27 +209,41 @@ def _claim_text(claim: ClaimSpec) -> str:
 
 
 def cap_headline(study: str, logits: Logits, differ: str) -> Headline:
-    """The QK-Clip mechanism check (K2 Algorithm 1): with the clip the late max logit stays
-    within 1.25 tau (the logged logit is the pre-clip forward pass, so a clipped run reads tau
-    plus one step's growth), and without it the logit passes the largest tau."""
+    """The QK-Clip mechanism check (K2 Algorithm 1), per condition: with the clip the late max
+    logit stays within 1.25 tau in every condition (the logged logit is the pre-clip forward
+    pass, so a clipped run reads tau plus one step's growth), and without it the logit passes
+    the largest tau in some condition (where the lr provokes it)."""
     capped = [a for a in logits.arms if math.isfinite(a.tau)]
-    base = next((a for a in logits.arms if a.arm == logits.base), None)
     held = bool(capped) and all(a.late <= CAP_SLACK * a.tau for a in capped)
-    grew = bool(capped) and base is not None and base.peak > max(a.tau for a in capped)
+    grew = [b.condition for b in logits.arms if b.arm == logits.base and b.peak > max(
+        (a.tau for a in capped if a.condition == b.condition), default=math.inf)]
+    several = len({a.condition for a in logits.arms}) > 1
+    where = f" (at {', '.join(grew)})" if grew and several else ""
     if not capped:
         verdict, why = Verdict.INCONCLUSIVE, "no clipped arm"
     elif held and grew:
-        verdict, why = Verdict.AGREES, "without the clip logits pass tau, with it they stay at tau"
+        verdict, why = (Verdict.AGREES, f"without the clip logits pass tau{where}, with it they "
+                        "stay within 1.25 tau")
     elif held:
         verdict, why = Verdict.INCONCLUSIVE, "the clip holds, but unclipped logits never passed tau"
     else:
         verdict, why = Verdict.DISAGREES, "clipped logits stayed above 1.25 tau"
-    parts = ", ".join(f"{a.arm} {a.peak:.0f} peak, {a.late:.0f} late" for a in logits.arms)
     return Headline(study, "K2 Algorithm 1: plain Muon lets max attention logits grow; QK-Clip "
                     "caps them at tau [mechanism: late max logit <= 1.25 tau]",
-                    f"max attention logit (median over runs; late = mean over the last quarter): "
-                    f"{parts}", "–", "–", verdict, why,
+                    "max attention logit (median over seeds; late = mean over the last quarter):"
+                    f" {_logits_text(logits)}", "–", "–", verdict, why,
                     "" if verdict is Verdict.AGREES else differ)
+
+
+def _logits_text(logits: Logits) -> str:
+    """``at lr=0.02: none 33 peak, 23 late, ...; at lr=0.05: ...`` (no prefix for one condition)."""
+    conditions = list(dict.fromkeys(a.condition for a in logits.arms))
+    cells = []
+    for c in conditions:
+        arms = ", ".join(f"{a.arm} {a.peak:.0f} peak, {a.late:.0f} late"
+                         for a in logits.arms if a.condition == c)
+        cells.append(arms if len(conditions) == 1 else f"at {c}: {arms}")
+    return "; ".join(cells)
 
 
 def summary_table(rows: list[Headline]) -> str:

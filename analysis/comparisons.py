@@ -9,8 +9,9 @@
   condition and seed), with t intervals from the seed spread and the MDE
   (``analysis.inference``).
 
-Every multiplier is given in FLOPs and in measured wall-clock (FLOPs multiplier x the arm's
-FLOP/s over the baseline's, from ``perf/tokens_per_s``; same hardware). Intervals resample the
+Every multiplier is given in FLOPs and in wall-clock: the FLOPs multiplier x the arm's
+measured FLOP/s over the baseline's (``perf/tokens_per_s``, same hardware), an indication whose
+interval leaves out the throughput's own noise. Intervals resample the
 independent unit (``Design.unit``); one not estimable (``analysis.fitcore.BootCheck``) is said
 so, never given as a number.
 """
@@ -25,7 +26,13 @@ import numpy as np
 import pandas as pd
 
 from analysis.fitcore import BootCheck, FitError
-from analysis.inference import POWER_FACTOR, noise_of, t_interval
+from analysis.inference import (
+    Noise,
+    mde_factor,
+    noise_of,
+    seed_mean_noise,
+    t_interval,
+)
 from analysis.laws import FRONTIERS, SparsityLawFit, compute_multiplier, fit_sparsity_law
 from analysis.parts import Design, FigureJob, Parts
 from analysis.plots import LossVsCompute, Multipliers, plot_loss_vs_compute, plot_multipliers
@@ -114,8 +121,7 @@ def multipliers(d: Design, parts: Parts) -> None:
             parts.say(f"No compute multiplier of {label} over {d.base}: {e}.", ref)
             continue
         parts.multipliers.append(m)
-        points = "; ".join(("pre-registered read-out: " if p is m.read else "")
-                           + multiplier_at(m, p) for p in m.at)
+        points = "; ".join(_point_texts(m))
         over = (f"; more flexible frontiers passed over because their bootstrap was not "
                 f"estimable: {', '.join(m.passed_over)}" if m.passed_over else "")
         speed = (f"measured throughput {label} / {d.base}: {m.throughput_ratio:.2f}x FLOP/s"
@@ -129,6 +135,17 @@ def multipliers(d: Design, parts: Parts) -> None:
                        f"C_{d.base}(L*) / C_arm(L*) read off fitted frontiers at target losses "
                        "L*, with 95% bootstrap intervals; values that are not estimable are left "
                        "out.")
+
+
+def _point_texts(m: Multiplier) -> list[str]:
+    """The read-out first, then the target losses 10%, 50% and 90% into the range of losses
+    both arms reached (:func:`target_losses`), each named as what it is."""
+    texts = [f"pre-registered read-out: {multiplier_at(m, m.read)}"] if m.read else []
+    rest = [multiplier_at(m, p) for p in m.at if p is not m.read]
+    if rest:
+        texts.append("descriptive, at 10%, 50% and 90% into the loss range both arms reached: "
+                     + "; ".join(rest) if len(rest) == 3 else "; ".join(rest))
+    return texts
 
 
 def _multiplier_figure(parts: Parts, d: Design, table: pd.DataFrame, caption: str) -> None:
@@ -241,25 +258,46 @@ def _law_figures(d: Design, parts: Parts, fit: SparsityLawFit, frame: pd.DataFra
 
 
 def paired_change(label: str, base: str, pairs: list[Pair]) -> PairedChange:
-    """Mean change overall and at the largest budget (``pairs`` sorted by the baseline's
-    FLOPs, so the last pair's budget is the largest), t intervals from the seed noise."""
-    noise = noise_of([p.condition for p in pairs], [p.rel_change for p in pairs])
-    x = np.array([p.rel_change for p in pairs])
+    """Mean change at the largest budget and over every pair (``pairs`` sorted by the
+    baseline's FLOPs, so the last pair's budget is the largest), each with a t interval that
+    resamples the independent unit (:mod:`analysis.inference`): at the largest budget the spread
+    of that budget's paired seeds (Student's paired t); over every pair the spread of each
+    seed's mean change, since a seed's budgets share a trunk. With one seed the spread across
+    conditions stands in for both."""
+    whole = noise_of([p.condition for p in pairs], [p.rel_change for p in pairs])
     top = pairs[-1].budget
-    at = np.array([p.rel_change for p in pairs if p.budget == top])
-
-    def est(v: np.ndarray) -> Estimate:
-        se = noise.sd / math.sqrt(len(v)) if noise.df >= 1 else NAN
-        lo, hi = t_interval(float(v.mean()), se, noise.df)
-        why = "" if math.isfinite(lo) else "not estimable: no seed or condition spread"
-        return Estimate(float(v.mean()), lo, hi, why, f"t interval, {noise.df} df from "
-                        f"{noise.source}", se)
-
-    largest = est(at)
-    conds = sorted({p.condition for p in pairs if p.budget == top})
+    at = [p for p in pairs if p.budget == top]
+    noise = noise_of([p.condition for p in at], [p.rel_change for p in at])
+    if noise.source != "seeds":  # one seed at the largest budget
+        noise = whole
+    by_seed = seed_mean_noise([p.seed for p in pairs], [p.rel_change for p in pairs])
+    n_seeds = len({p.seed for p in pairs})
+    overall = (_t_estimate([p.rel_change for p in pairs], by_seed, n_seeds,
+                           f"t over the {n_seeds} seeds' mean changes, {by_seed.df} df")
+               if by_seed.df >= 1 else
+               _t_estimate([p.rel_change for p in pairs], whole, len(pairs), _noise_words(whole)))
+    largest = _t_estimate([p.rel_change for p in at], noise, len(at), _noise_words(noise))
+    conds = sorted({p.condition for p in at})
     name = conds[0] if len(conds) == 1 else f"{len(conds)} conditions of one budget"
-    return PairedChange(label, base, tuple(pairs), est(x), largest, top, noise,
-                        POWER_FACTOR * largest.se, len(at), name)
+    return PairedChange(label, base, tuple(pairs), overall, largest, top, noise,
+                        mde_factor(noise.df) * largest.se, len(at), name)
+
+
+def _noise_words(noise: Noise) -> str:
+    """How a paired interval's noise was estimated, for the report."""
+    return {"seeds": f"seed sd {noise.sd:.2%} ({noise.df} df)",
+            "conditions": f"one seed: noise from the spread across conditions, sd "
+                          f"{noise.sd:.2%} ({noise.df} df)",
+            "none": "no noise estimate"}[noise.source]
+
+
+def _t_estimate(values: list[float], noise: Noise, n: int, method: str) -> Estimate:
+    """Mean of ``values`` with a t interval, SE = noise sd / sqrt(n)."""
+    mean = float(np.mean(values))
+    se = noise.sd / math.sqrt(n) if noise.df >= 1 else NAN
+    lo, hi = t_interval(mean, se, noise.df)
+    why = "" if math.isfinite(lo) else "not estimable: no seed or condition spread"
+    return Estimate(mean, lo, hi, why, method, se)
 
 
 def _where(sel: pd.DataFrame, where: dict[str, Any], parts: Parts) -> pd.DataFrame:
@@ -272,8 +310,8 @@ def _where(sel: pd.DataFrame, where: dict[str, Any], parts: Parts) -> pd.DataFra
     sel = rows_where(sel, where)
     if where:
         parts.say(f"The paired changes read only the runs with {where_text(where)} (`analysis."
-                  "claim.where`: the setting the claim is made at); the other runs are reported "
-                  "above.")
+                  "claim.where`: the setting the claim is made at); every run's final loss is "
+                  "in the final-loss figure and final_losses.csv.")
     return sel
 
 

@@ -5,8 +5,15 @@
   the spread across conditions stands in for it (the effect is then assumed equal at every
   budget, so this noise also holds any real change with budget).
 - :func:`t_interval`: Student's t interval, mean +/- t_{0.975, df} SE (Student 1908).
+- Seed means (:func:`seed_mean_noise`): the sd of each seed's mean change over its
+  conditions. The budgets of one seed are not independent (under prefix sharing they are
+  cooldowns of one trunk), so a change averaged over budgets is resampled by seed: its SE is
+  that sd / sqrt(seeds), with seeds - 1 df.
 - Minimum detectable effect at 80% power, two-sided alpha 0.05:
-  MDE = (z_{0.975} + z_{0.80}) SE (Cohen 1988, ch. 2; Chow, Shao & Wang 2008, sec. 3.1).
+  MDE = (z_{0.975} + z_{0.80}) SE (Cohen 1988, ch. 2; Chow, Shao & Wang 2008, sec. 3.1);
+  with a t-based SE on df degrees of freedom (:func:`mde_factor`), t_{0.975, df} + t_{0.80, df}
+  in place of the z quantiles (Chow, Shao & Wang 2008, sec. 3.1.1), which a few seeds need:
+  4.3 + 1.1 = 5.4 at 2 df against 2.8.
 - Seeds needed (:func:`seeds_needed`): n with (z_{0.975} + z_{0.80}) sd / sqrt(n) <= |effect|
   for an effect; for equivalence within +/- margin at a true difference of 0,
   n with (z_{0.975} + z_{0.90}) sd / sqrt(n) <= margin (two one-sided tests, Schuirmann 1987;
@@ -20,6 +27,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 from scipy import stats
 
 Z_975 = float(stats.norm.ppf(0.975))
@@ -54,6 +62,24 @@ def noise_of(conditions: list[str], values: list[float]) -> Noise:
     if len(x) >= 2:
         return Noise(float(np.std(x, ddof=1)), len(x) - 1, "conditions")
     return Noise(float("nan"), 0, "none")
+
+
+def seed_mean_noise(seeds: list[int], values: list[float]) -> Noise:
+    """sd of the seeds' mean values and seeds - 1 df (module docstring); df 0 and NaN with
+    fewer than two seeds."""
+    frame = pd.DataFrame({"seed": seeds, "value": values})
+    means = frame.groupby("seed")["value"].mean().to_numpy(np.float64)
+    if len(means) < 2:
+        return Noise(float("nan"), 0, "none")
+    return Noise(float(np.std(means, ddof=1)), len(means) - 1, "seeds")
+
+
+def mde_factor(df: int) -> float:
+    """MDE / SE at 80% power, two-sided alpha 0.05, for a t-based SE on ``df`` degrees of
+    freedom (module docstring); NaN when df < 1."""
+    if df < 1:
+        return float("nan")
+    return float(stats.t.ppf(0.975, df) + stats.t.ppf(0.80, df))
 
 
 def t_interval(mean: float, se: float, df: int) -> tuple[float, float]:

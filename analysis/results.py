@@ -156,12 +156,15 @@ class SparsityLaw:
 
 @dataclass(frozen=True)
 class ArmLogits:
-    """Max attention logit of one arm: medians over runs of each run's peak and late mean."""
+    """Max attention logit of one arm in one condition: medians over its runs (seeds) of each
+    run's peak and late (last-quarter) mean; medians are never taken across conditions, whose
+    runs differ by design (e.g. a raised lr that makes unclipped logits run away)."""
 
     arm: str
     peak: float
     late: float
     tau: float  # NaN: no clip
+    condition: str = "all"
 
 
 @dataclass(frozen=True)

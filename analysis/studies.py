@@ -291,13 +291,16 @@ def _baseline(runs: Runs, spec: AnalysisSpec, order: list[str], parts: Parts) ->
 
 
 def _logits(table: pd.DataFrame | None, base: str) -> Logits | None:
-    """Peak and late max logit per arm (medians over runs) from the max-logit table."""
+    """Peak and late max logit per arm and condition (medians over seeds) from the max-logit
+    table."""
     if table is None or not len(table):
         return None
-    by_arm = table.groupby("arm", sort=False).agg(
+    cells = table.groupby(["condition", "arm"], sort=False).agg(
         peak=("peak", "median"), late=("last_quarter_mean", "median"), tau=("tau", "first"))
     return Logits(base, tuple(ArmLogits(str(a), float(r["peak"]), float(r["late"]),
-                                        float(r["tau"])) for a, r in by_arm.iterrows()))
+                                        float(r["tau"]), str(c))
+                              for (c, a), r in cells.sort_index(level=0, sort_remaining=False)
+                              .iterrows()))
 
 
 def evidence(runs: Runs, spec: AnalysisSpec, base: str, parts: Parts,

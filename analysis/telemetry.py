@@ -17,6 +17,7 @@ point of a max-logit study. Nothing here fits a law; the numbers are medians and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,10 +72,27 @@ def _traces(runs: Runs, curves: pd.DataFrame, metric: str,
     return pts[COLUMNS].reset_index(drop=True)
 
 
+def _cells(table: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
+    """The runs of each arm, or of each arm and condition when the conditions differ by more
+    than budget (e.g. two learning rates): a median across those would mix designs."""
+    if "condition" not in table.columns:
+        yield from ((str(a), g) for a, g in table.groupby("arm", sort=False))
+        return
+    design = table["condition"].map(
+        lambda c: ", ".join(p for p in str(c).split(", ") if not p.startswith("tokens=")))
+    if design.nunique() <= 1:
+        yield from ((str(a), g) for a, g in table.groupby("arm", sort=False))
+        return
+    for a, runs in table.groupby("arm", sort=False):
+        for c, g in runs.groupby(design[runs.index]):
+            yield f"{a} at {c}", g
+
+
 def _by_arm(table: pd.DataFrame, column: str, digits: int = 3) -> str:
-    """``adamw 12.3 (10.1-14.2), muon 45.1`` : median over an arm's runs and its range."""
+    """``adamw 12.3 (10.1-14.2), muon 45.1`` : median over an arm's runs and its range (per
+    condition where :func:`_cells` splits them)."""
     parts = []
-    for arm, g in table.groupby("arm", sort=False):
+    for arm, g in _cells(table):
         v = g[column].dropna()
         if v.empty:
             continue
@@ -92,7 +110,8 @@ def _per_run(runs: Runs, pts: pd.DataFrame) -> pd.DataFrame:
         peak = g.loc[g["value"].idxmax()]
         last = g[g["tokens"] >= 0.75 * g["tokens"].max()]
         rows.append({"run_id": run, "name": info.at[run, "name"], "arm": g["arm"].iloc[0],
-                     "status": info.at[run, "status"], "peak": float(peak["value"]),
+                     "condition": info.at[run, "condition"], "status": info.at[run, "status"],
+                     "peak": float(peak["value"]),
                      "tokens_at_peak": float(peak["tokens"]), "final": float(g["value"].iloc[-1]),
                      "last_quarter_mean": float(last["value"].mean())})
     return pd.DataFrame(rows)
@@ -121,9 +140,9 @@ def max_logit_summary(runs: Runs, curves: pd.DataFrame,
         table["clip_events"] = table["run_id"].map(clips).fillna(0.0)
     sentences: list[tuple[str, str | None]] = [(
         "Peak max attention logit over training by arm (median over runs, range): "
-        f"{_by_arm(table, 'peak')}; at the end of training: {_by_arm(table, 'final')}.",
-        K2_LOGITS)]
-    for arm, g in table.groupby("arm", sort=False):
+        f"{_by_arm(table, 'peak')}; mean over the last quarter of training: "
+        f"{_by_arm(table, 'last_quarter_mean')}.", K2_LOGITS)]
+    for arm, g in _cells(table):
         taus = g["tau"].dropna().unique()
         if len(taus) == 0:
             continue

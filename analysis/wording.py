@@ -63,21 +63,22 @@ def fewer_or_more(value: float) -> str:
 
 
 def paired_text(c: PairedChange) -> str:
-    """The paired final-loss change at the largest budget, then over every pair; pairs whose
-    final losses are all equal (a setting that never acted, e.g. a QK-Clip threshold the logits
-    never reached) say so instead of showing a zero-width interval."""
+    """The paired final-loss change at the largest budget, then over every pair, each with how
+    its interval was made; pairs whose final losses are all equal (a setting that never acted,
+    e.g. a QK-Clip threshold the logits never reached) say so instead of showing a zero-width
+    interval."""
     if all(p.rel_change == 0 for p in c.pairs):
         return (f"{c.arm} vs {c.baseline}: the same final loss in all {len(c.pairs)} pairs, to "
                 "the last digit (the setting changed nothing these runs computed)")
-    noise = {"seeds": f"seed noise sd {c.noise.sd:.2%} ({c.noise.df} df)",
-             "conditions": f"one seed: noise from the spread across conditions, sd "
-                           f"{c.noise.sd:.2%} ({c.noise.df} df)",
-             "none": "no noise estimate"}[c.noise.source]
     mde = f"; MDE at 80% power {c.mde:.2%}" if math.isfinite(c.mde) else ""
     runs = f"{c.n_seeds} paired run{'s' * (c.n_seeds != 1)}"
-    return (f"{c.arm} vs {c.baseline}: final loss {percent(c.largest)} at the largest common "
-            f"budget ({c.largest_label or c.largest_budget}, {runs}); "
-            f"{percent(c.overall)} over all {len(c.pairs)} pairs ({noise}{mde})")
+    label = c.largest_label or c.largest_budget
+    # a budget the conditions name (tokens=8M) reads as one; another setting (lr=0.02) as itself
+    where = (f"the largest common budget ({label}, " if "tokens=" in label or not c.largest_label
+             else f"{label} (")
+    return (f"{c.arm} vs {c.baseline}: final loss {percent(c.largest)} at {where}{runs}; "
+            f"{c.largest.method}{mde}); {percent(c.overall)} over all {len(c.pairs)} pairs "
+            f"({c.overall.method})")
 
 
 def boot_method(unit: str, n_boot: int, n_failed: int) -> str:

@@ -47,6 +47,16 @@ def test_interval_verdicts(claim: ClaimSpec, lo: float, hi: float, expected: Ver
     assert interval_verdict(claim, lo, hi)[0] is expected
 
 
+def test_an_effect_verdict_says_where_the_published_size_lies() -> None:
+    assert interval_verdict(EFFECT, 1.75, 2.58)[1].endswith("the published 1.30x lies below it")
+    assert interval_verdict(EFFECT, 1.1, 1.4)[1].endswith("the published 1.30x lies inside it")
+    assert interval_verdict(LOSS, -0.03, -0.02)[1].endswith("the published -1.0% lies above it")
+    assert "published" not in interval_verdict(WORSE, 0.7, 0.9)[1]  # none declared
+    other = EFFECT.model_copy(update={"published_for": "48 over 32"})
+    assert interval_verdict(other, 1.1, 1.4)[1].endswith(
+        "the published 1.30x is for 48 over 32, another comparison (it lies inside this interval)")
+
+
 def multiplier(lo: float, hi: float, value: float = 1.0, reason: str = "") -> Multiplier:
     flops = Estimate(value, lo, hi, reason, "bootstrap", 0.05)
     at = MultiplierAt(1.5, flops, flops.scaled(0.5))
@@ -108,6 +118,21 @@ def test_cap_headline_needs_growth_without_clip_and_a_held_cap() -> None:
     assert cap_headline("s", Logits("none", over), "").verdict is Verdict.DISAGREES
     low = (ArmLogits("none", 20.0, 20.0, float("nan")), *arms[1:])
     assert cap_headline("s", Logits("none", low), "").verdict is Verdict.INCONCLUSIVE
+
+
+def test_cap_headline_reads_each_condition_never_a_median_across_them() -> None:
+    """At the tuned lr nothing grows; at the raised lr plain Muon runs away. A median over both
+    lrs would put tau 100's late logit at 85 (held); per condition it is 140 (not held)."""
+    def cell(lr: str, none: float, tau100_late: float) -> tuple[ArmLogits, ...]:
+        return (ArmLogits("none", none, none, float("nan"), lr),
+                ArmLogits("tau=100", min(none, 150.0), tau100_late, 100.0, lr))
+
+    held = Logits("none", (*cell("lr=0.02", 33.0, 30.0), *cell("lr=0.05", 700.0, 110.0)))
+    row = cap_headline("s", held, "")
+    assert row.verdict is Verdict.AGREES and "(at lr=0.05)" in row.reason
+    assert "at lr=0.02: none 33 peak" in row.ours and "at lr=0.05: none 700 peak" in row.ours
+    broken = Logits("none", (*cell("lr=0.02", 33.0, 30.0), *cell("lr=0.05", 700.0, 140.0)))
+    assert cap_headline("s", broken, "").verdict is Verdict.DISAGREES
 
 
 def test_claims_are_declared_and_validated() -> None:

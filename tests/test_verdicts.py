@@ -11,12 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from analysis.collect import Collected
+from analysis.comparisons import paired_change
 from analysis.fitcore import MAX_FAILED_SHARE, BootCheck
-from analysis.inference import noise_of, seeds_needed
+from analysis.inference import POWER_FACTOR, mde_factor, noise_of, seed_mean_noise, seeds_needed
 from analysis.laws import compute_multiplier, fit_power_law
 from analysis.points import annotate, select_best
+from analysis.results import Pair
 from analysis.studies import study
 from analysis.wording import Verdict
 from harness.config.sweep import AnalysisSpec
@@ -154,6 +157,25 @@ def test_noise_mde_and_seeds_needed() -> None:
     assert noise_of(["a", "b", "c"], [0.0, 0.01, 0.02]).source == "conditions"
     assert seeds_needed(0.01, 0.01) == 8  # (2.80 x 1)^2 = 7.85
     assert seeds_needed(0.01, 0.01, equivalence=True) == 11  # (3.24)^2 = 10.5
+
+
+def test_paired_intervals_resample_seeds_not_budgets() -> None:
+    """A seed's budgets share a trunk: a seed effect common to its budgets (planted) must widen
+    the all-pairs interval to the spread of the seed means (t, seeds - 1 df), not shrink as if
+    the 9 pairs were independent; the largest budget reads its own seeds' spread (wide here)."""
+    seed_effect = {0: -0.02, 1: 0.0, 2: 0.02}
+    spread = {"1M": 0.001, "2M": 0.001, "8M": 0.01}  # the largest budget is the noisy one
+    pairs = [Pair(f"tokens={b}", s, b, seed_effect[s] + spread[b] * (s - 1), 0.0)
+             for b in ("1M", "2M", "8M") for s in range(3)]
+    change = paired_change("new", "base", pairs)
+    means = [np.mean([p.rel_change for p in pairs if p.seed == s]) for s in range(3)]
+    half = stats.t.ppf(0.975, 2) * np.std(means, ddof=1) / np.sqrt(3)
+    assert change.overall.hi - change.overall.lo == pytest.approx(2 * half)
+    top = [p.rel_change for p in pairs if p.budget == "8M"]
+    assert change.noise.df == 2 and change.noise.sd == pytest.approx(np.std(top, ddof=1))
+    assert change.mde == pytest.approx(mde_factor(2) * change.noise.sd / np.sqrt(3))
+    assert mde_factor(2) > 5 > POWER_FACTOR  # few seeds: t quantiles, not z
+    assert seed_mean_noise([0, 0], [0.1, 0.2]).df == 0  # one seed: no spread of seed means
 
 
 def with_routing(data: Collected, collapsed: dict[str, int]) -> Collected:

@@ -136,7 +136,11 @@ class ClaimSpec(Frozen):
                           "(fraction): multiplier within 1 -/+ margin (x), loss change within "
                           "-/+ margin")
     published: float | None = Field(None, description="the published effect in the claim's "
-                                    "measure (x or fraction), for the seeds needed to detect it")
+                                    "measure (x or fraction), for the seeds needed to detect it "
+                                    "and the verdict's note on size")
+    published_for: str = Field("", description="the comparison the published effect is for "
+                               "when it is not the read-out's own arm over baseline (e.g. "
+                               "'sparsity 48 over 32'); named in the verdict's note on size")
     arms: list[str | int | float] = Field(
         min_length=1, description="arm values the claim is about, each read against the baseline")
     read_at: float | Literal["largest_budget"] = Field(
