@@ -45,6 +45,10 @@ def percent(e: Estimate) -> str:
     return f"{e.value:+.2%} (95% CI {e.lo:+.2%} to {e.hi:+.2%})"
 
 
+JOINT_LAW = "the joint sparsity law"
+"""``Multiplier.frontier`` of a multiplier read off the K2 joint law (one floor, one slope)."""
+
+
 def multiplier_at(m: Multiplier, p: MultiplierAt) -> str:
     """``1.42x (95% CI ...) fewer FLOPs, 1.20x (...) less wall-clock at L* = 1.560``."""
     if p.why_missing:
@@ -52,6 +56,8 @@ def multiplier_at(m: Multiplier, p: MultiplierAt) -> str:
     text = f"{times(p.flops)} in FLOPs"
     if p.flops.estimable and math.isfinite(m.throughput_ratio):
         text += f", {times(p.wallclock)} in wall-clock"
+    if m.frontier == JOINT_LAW:  # m_s does not depend on the target loss
+        return f"{text} (the joint law's, the same at every L*)"
     return f"{text} at L* = {p.L_star:.3f}"
 
 

@@ -325,7 +325,13 @@ def test_sparsity_study_recovers_planted_ratios() -> None:
         row = table.loc[(arm, "sparsity 2")]
         assert row["lo"] <= truth <= row["hi"] and row["ratio"] == pytest.approx(truth, rel=0.03)
     said = [f for f in result.findings if f.text.startswith("Here sparsity 8 over sparsity 2: ")]
-    assert len(said) == 1 and "in FLOPs" in said[0].text and "L* = " in said[0].text
+    assert len(said) == 1 and "in FLOPs" in said[0].text
+    assert "the same at every L*" in said[0].text  # the joint law's m_s has no L*
+    cross = [f.text for f in result.findings if f.text.startswith("Cross-check, not the read-out")]
+    assert len(cross) == 2 and "sparsity 8 over sparsity 2 at " in cross[1]
+    # the planted law shares its floor, so per-arm frontiers find the planted ratio too
+    ratio = float(re.search(r"over sparsity 2 at ([\d.]+)x", cross[1]).group(1))
+    assert ratio == pytest.approx(1.6 / 1.2, rel=0.1)
     assert said[0].reference is not None and "1.69x" in said[0].reference
     assert any("rise monotonically" in f.text and f.reference for f in result.findings)
     assert [j.name for j in result.figures][:2] == ["sparsity", "multipliers"]
