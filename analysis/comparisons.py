@@ -241,6 +241,9 @@ def _say_law(d: Design, parts: Parts, rmse: float, n_points: int, n_runs: int,
               f"{law.L_star:.3f} is the lowest loss every arm reached; intervals: "
               f"{boot_method(boot.unit, boot.n_boot, boot.n_failed)}"
               f"{'; ' + boot.reason if boot.reason else ''}.")
+    floor = known_floor(d.runs.frame[d.runs.frame["selected"]])
+    if floor is not None:
+        parts.say(floor_text(law.E, floor))
     for m in law.vs_base:
         parts.say(f"Here {m.arm} over {d.base}: {multiplier_at(m, m.at[0])}.",
                   reference(d.runs.arm_column, d.runs.value_of(m.arm), d.runs.value_of(d.base)))
@@ -250,6 +253,40 @@ def _say_law(d: Design, parts: Parts, rmse: float, n_points: int, n_runs: int,
         parts.say(f"Multipliers m_s by arm: {', '.join(f'{v:.2f}' for v in values)}; the point "
                   f"estimates {'rise' if monotone else 'do not rise'} monotonically with the arm "
                   "value (a description, not a test).", K2_MONOTONE)
+
+
+SYNTHETIC_KEYS = ("data.synthetic_vocab", "data.synthetic_order", "data.synthetic_branching",
+                  "data.synthetic_seed", "data.synthetic_topics", "data.synthetic_doc_tokens")
+
+
+def known_floor(runs: pd.DataFrame) -> float | None:
+    """The exact entropy rate (nats per token) of the synthetic language every run trained on
+    (:func:`harness.data.synthetic.synthetic_entropy`); None for other corpora, runs on
+    different languages, or runs that did not log the language's settings."""
+    if "data.corpus" not in runs.columns or set(runs["data.corpus"]) != {"synthetic"}:
+        return None
+    if not set(SYNTHETIC_KEYS) <= set(runs.columns):
+        return None
+    languages = runs[list(SYNTHETIC_KEYS)].drop_duplicates()
+    if len(languages) != 1 or languages.isna().any(axis=None):
+        return None
+    vocab, order, branching, seed, topics, doc_tokens = (int(v) for v in languages.iloc[0])
+    from harness.data.synthetic import synthetic_entropy  # imports torch: only when needed
+
+    return synthetic_entropy(vocab, order, branching, seed, topics, doc_tokens)
+
+
+def floor_text(E: Estimate, floor: float) -> str:
+    """The fitted floor E against the language's known entropy rate, which no model beats."""
+    known = f"The language's exact entropy rate is {floor:.4f} nats per token"
+    if math.isfinite(E.hi) and E.hi < floor:
+        return (f"{known}, and the whole interval of E lies below it: no model can go below "
+                "the entropy rate, so over these budgets E is a fitting parameter that trades "
+                "off with alpha, not the irreducible loss; the multipliers read the fitted "
+                "curves inside the measured compute range.")
+    if E.value < floor:
+        return f"{known}; E lies below it, though its interval reaches it."
+    return f"{known}; E lies at or above it, as it must."
 
 
 def _law_figures(d: Design, parts: Parts, fit: SparsityLawFit, frame: pd.DataFrame,

@@ -21,11 +21,14 @@ import pandas as pd
 import pytest
 
 from analysis.collect import Collected
+from analysis.comparisons import floor_text, known_floor
 from analysis.points import annotate, fit_points, select_best
 from analysis.report import make_all, val_note
+from analysis.results import Estimate
 from analysis.studies import study
 from analysis.telemetry import variants
 from harness.config import AnalysisSpec, SweepConfig, TrialConfig
+from harness.data.synthetic import synthetic_entropy
 from harness.naming import run_name
 from harness.store import Store, trial_params
 from harness.tracking import TrialStatus
@@ -335,6 +338,21 @@ def test_sparsity_study_recovers_planted_ratios() -> None:
     assert said[0].reference is not None and "1.69x" in said[0].reference
     assert any("rise monotonically" in f.text and f.reference for f in result.findings)
     assert [j.name for j in result.figures][:2] == ["sparsity", "multipliers"]
+
+
+def test_a_synthetic_languages_known_floor_checks_the_fitted_floor() -> None:
+    lang = {"data.corpus": "synthetic", "data.synthetic_vocab": 16, "data.synthetic_order": 1,
+            "data.synthetic_branching": 2, "data.synthetic_seed": 0, "data.synthetic_topics": 4,
+            "data.synthetic_doc_tokens": 32}
+    runs = pd.DataFrame([lang, lang])
+    floor = known_floor(runs)
+    assert floor == pytest.approx(synthetic_entropy(16, 1, 2, 0, 4, 32)) and 0 < floor < np.log(20)
+    assert known_floor(runs.assign(**{"data.synthetic_seed": [0, 1]})) is None  # two languages
+    assert known_floor(runs.assign(**{"data.corpus": "stdlib"})) is None
+    below = floor_text(Estimate(0.7, 0.3, 1.0), 1.12)
+    assert "whole interval of E lies below it" in below and "not the irreducible loss" in below
+    assert "reaches it" in floor_text(Estimate(1.0, 0.8, 1.2), 1.12)
+    assert "at or above it" in floor_text(Estimate(1.2, 1.15, 1.3), 1.12)
 
 
 def test_logits_study_reports_clipping_and_divergence() -> None:
