@@ -230,10 +230,6 @@ def _shown(axes: Sequence[str], setting: tuple[Any, ...]) -> str:
     return fmt_value(setting[0]) if len(axes) == 1 else f"({setting_text(axes, setting)})"
 
 
-def _setting_order(setting: tuple[Any, ...]) -> tuple[tuple[int, float, str], ...]:
-    return tuple(sort_key(v) for v in setting)
-
-
 def select_best(runs: Runs, best_of: Tuned) -> Runs:
     """Keep, per (arm, condition), the runs of the ``best_of`` setting (one axis, or a tuple
     of axes tuned together) with the lowest mean final val loss over seeds; ``selected`` marks
@@ -254,7 +250,7 @@ def select_best(runs: Runs, best_of: Tuned) -> Runs:
     usable = frame[frame["usable"]].assign(_setting=setting, **{
         a: [s[i] for s in setting[frame["usable"]]] for i, a in enumerate(axes)})
     keep = pd.Series(False, index=frame.index)
-    chosen: dict[str, set[tuple[Any, ...]]] = {}
+    chosen: dict[str, list[tuple[float, str, tuple[Any, ...]]]] = {}  # (FLOPs, condition, best)
     edges: list[tuple[str, str]] = []
     edge_text: list[str] = []
     for (label, cond), group in usable.groupby(["arm_label", "condition"], sort=False):
@@ -262,16 +258,15 @@ def select_best(runs: Runs, best_of: Tuned) -> Runs:
         best = means.idxmin()
         keep |= (frame["arm_label"] == label) & (frame["condition"] == cond) & frame["usable"] & (
             setting.map(lambda v, b=best: v == b))
-        chosen.setdefault(str(label), set()).add(best)
+        chosen.setdefault(str(label), []).append((float(group["flops"].mean()), str(cond), best))
         at_edge = _edge_axes(group, axes, best)
         if at_edge:
             edges.append((str(label), str(cond)))
             on = "" if len(axes) == 1 else f" ({', '.join(f'`{a}`' for a in at_edge)})"
             edge_text.append(f"{label} at {cond}{on}")
     frame["selected"] = keep
-    picks = "; ".join(
-        f"{arm}: {', '.join(_shown(axes, b) for b in sorted(v, key=_setting_order))}"
-        for arm, v in chosen.items())
+    picks = "; ".join(f"{arm}: {', '.join(f'{c} {_shown(axes, b)}' for _, c, b in sorted(v))}"
+                      for arm, v in chosen.items())
     n_settings = usable.groupby(["arm_label", "condition"])["_setting"].nunique()
     span = f"{n_settings.min()}-{n_settings.max()}" if len(n_settings) else "0"
     names = ", ".join(f"`{a}`" for a in axes)

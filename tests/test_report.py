@@ -230,7 +230,9 @@ def test_best_of_keeps_the_best_lr_per_arm_and_budget() -> None:
     kept = runs.frame[runs.frame["selected"]]
     assert len(kept) == 6 and (kept["optim.lr"] == 0.01).all()
     assert runs.arm_axes == ("optim.name",) and runs.condition_axes == ("train.tokens",)
-    assert any("Best `optim.lr`" in n and "adamw: 0.01" in n for n in runs.notes)
+    # each budget's pick is named with its budget, smallest first
+    assert any("Best `optim.lr`" in n and "adamw: tokens=16.384k 0.01, tokens=32.768k 0.01, "
+               "tokens=65.536k 0.01;" in n for n in runs.notes)
     points = fit_points(runs, data.curves)
     assert points.source == "final" and len(points.frame) == 6
 
@@ -267,7 +269,8 @@ def test_best_of_several_axes_tunes_them_together_and_flags_an_edge_on_any() -> 
     assert set(kept.loc["muon", "optim.lr"]) == {0.02}
     assert set(kept.loc["muon", "optim.adamw_lr"]) == {0.01}
     assert runs.condition_axes == ("train.tokens",) and runs.edges == ()
-    assert any("(lr=0.02, adamw_lr=0.01)" in n and "adamw: (lr=0.004)" in n for n in runs.notes)
+    assert any("(lr=0.02, adamw_lr=0.01)" in n and "adamw: tokens=1M (lr=0.004)" in n
+               for n in runs.notes)
     assert set(variants(runs, spec.tuned)) >= {"lr=0.004", "lr=0.02, adamw_lr=0.03"}
     # the adamw_lr optimum lies beyond the values tried: muon's best sits at that axis's edge
     runs = select_best(annotate(coordinate_runs(0.1), spec, axes), spec.tuned)
