@@ -25,7 +25,7 @@ from analysis.comparisons import floor_text, known_floor
 from analysis.points import annotate, fit_points, select_best
 from analysis.report import make_all, val_note
 from analysis.results import Estimate
-from analysis.studies import study
+from analysis.studies import holdout_text, study
 from analysis.telemetry import variants
 from harness.config import AnalysisSpec, SweepConfig, TrialConfig
 from harness.data.synthetic import synthetic_entropy
@@ -341,6 +341,18 @@ def test_sparsity_study_recovers_planted_ratios() -> None:
     assert said[0].reference is not None and "1.69x" in said[0].reference
     assert any("rise monotonically" in f.text and f.reference for f in result.findings)
     assert [j.name for j in result.figures][:2] == ["sparsity", "multipliers"]
+
+
+def test_the_held_out_check_leaves_out_every_seed_of_the_top_budget() -> None:
+    flops = np.repeat([1e12, 2e12, 4e12, 8e12], 3)  # 4 budgets x 3 seeds, one point per run
+    loss = 1.0 + 3e3 * flops**-0.3 * (1 + 0.001 * np.tile([-1, 0, 1], 4))
+    g = pd.DataFrame({"run": [f"r{i}" for i in range(12)], "flops": flops, "loss": loss})
+    row: dict[str, Any] = {}
+    text = holdout_text(g, row)
+    assert "without the 3 runs at its largest compute, the law predicts them" in text
+    assert row["holdout_max_abs_rel_error"] < 0.01  # a true power law extrapolates
+    same = g.assign(flops=1e12)
+    assert holdout_text(same, {}) == " No held-out check (every run has the same compute)."
 
 
 def test_a_synthetic_languages_known_floor_checks_the_fitted_floor() -> None:
