@@ -350,7 +350,8 @@ def _summary(runs: Runs, spec: AnalysisSpec, order: list[str], base: str,
         text += f" {VAL_SET_NOTE}"
     else:
         text += (" Learning rates and other choices were made on the validation split; every "
-                 "loss reported here is the final loss on the test split.")
+                 "final loss reported here is on the test split (curves along training, and "
+                 "laws fitted to them, are validation loss).")
     return text
 
 
