@@ -255,8 +255,8 @@ cached under `{cache}`. Intervals of fitted quantities are 95% bootstrap percent
 (Efron & Tibshirani 1993) that resample the independent unit: whole seeds within each arm,
 or runs within each arm when a sweep has one seed (with the 3-5 seeds a CPU study affords, a
 percentile interval rests on few distinct resamples and tends to run narrow: read it as
-approximate; paired changes use t intervals, which allow for few seeds); laws are fitted in log space
-with a Huber loss (Hoffmann et al. 2022) by `analysis.laws`. {val_note}
+approximate; paired changes use t intervals, which allow for few seeds); laws are fitted in
+log space with a Huber loss (Hoffmann et al. 2022) by `analysis.laws`. {val_note}
 Published numbers (Kimi K2 report, arXiv 2507.20534, and the works it builds on)
 come from runs at 1e20-1e21 FLOPs; ours are many orders of magnitude smaller, so compare
 directions and rough sizes, not digits.
