@@ -278,6 +278,9 @@ def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None,
     if world.size > 1:
         import torch.distributed as dist
 
+        # every rank reaches the teardown before any leaves: under load a rank that tore the
+        # gloo group down while its peer was still writing aborted at exit (SIGABRT)
+        world.barrier()
         dist.destroy_process_group()
     if world.main:
         click.echo(json.dumps(result.__dict__, indent=1))
