@@ -21,14 +21,10 @@ import pandas as pd
 import pytest
 
 from analysis.collect import Collected
-from analysis.comparisons import floor_text, known_floor
 from analysis.points import annotate, fit_points, select_best
 from analysis.report import make_all, val_note
-from analysis.results import Estimate
-from analysis.studies import holdout_text, study
-from analysis.telemetry import variants
+from analysis.studies import study
 from harness.config import AnalysisSpec, SweepConfig, TrialConfig
-from harness.data.synthetic import synthetic_entropy
 from harness.naming import run_name
 from harness.store import Store, trial_params
 from harness.tracking import TrialStatus
@@ -237,55 +233,6 @@ def test_best_of_keeps_the_best_lr_per_arm_and_budget() -> None:
     assert points.source == "final" and len(points.frame) == 6
 
 
-def coordinate_runs(adamw_lr_best: float) -> pd.DataFrame:
-    """AdamW on a 4-point lr grid; Muon tuned coordinate-wise: its lr on 4 points at
-    adamw_lr 0.01, then adamw_lr on 0.003 / 0.03 at lr 0.02. Planted optima: AdamW lr 0.004,
-    Muon lr 0.02 and adamw_lr ``adamw_lr_best``; two budgets, one seed."""
-    rows = [("adamw", lr, None) for lr in (0.001, 0.002, 0.004, 0.008)]
-    rows += [("muon", lr, 0.01) for lr in (0.005, 0.01, 0.02, 0.04)]
-    rows += [("muon", 0.02, a) for a in (0.003, 0.03)]
-    frame = []
-    for tokens in (1e6, 2e6):
-        for name, lr, adamw_lr in rows:
-            miss = np.log10(lr / (0.004 if name == "adamw" else 0.02)) ** 2
-            if adamw_lr is not None:
-                miss += np.log10(adamw_lr / adamw_lr_best) ** 2
-            loss = 2.0 + (0.1 if name == "adamw" else 0.0) + miss - 0.05 * np.log2(tokens / 1e6)
-            frame.append({"run_id": f"{name}-{lr}-{adamw_lr}-{tokens:g}", "status": "finished",
-                          "arm": name, "optim.name": name, "optim.lr": lr,
-                          "optim.adamw_lr": adamw_lr, "train.tokens": tokens,
-                          "tokens": tokens, "flops": tokens * 1e6, "final_val_loss": loss})
-    return pd.DataFrame(frame)
-
-
-def test_best_of_several_axes_tunes_them_together_and_flags_an_edge_on_any() -> None:
-    spec = AnalysisSpec(kind="multiplier", baseline="adamw",
-                        best_of=["optim.lr", "optim.adamw_lr"])
-    assert spec.tuned == ("optim.lr", "optim.adamw_lr")
-    axes = ["optim.name", "train.tokens", "optim.lr", "optim.adamw_lr"]
-    runs = select_best(annotate(coordinate_runs(0.01), spec, axes), spec.tuned)
-    kept = runs.frame[runs.frame["selected"]].set_index("optim.name")
-    assert set(kept.loc["adamw", "optim.lr"]) == {0.004}
-    assert set(kept.loc["muon", "optim.lr"]) == {0.02}
-    assert set(kept.loc["muon", "optim.adamw_lr"]) == {0.01}
-    assert runs.condition_axes == ("train.tokens",) and runs.edges == ()
-    assert any("(lr=0.02, adamw_lr=0.01)" in n and "adamw: tokens=1M (lr=0.004)" in n
-               for n in runs.notes)
-    assert set(variants(runs, spec.tuned)) >= {"lr=0.004", "lr=0.02, adamw_lr=0.03"}
-    # the adamw_lr optimum lies beyond the values tried: muon's best sits at that axis's edge
-    runs = select_best(annotate(coordinate_runs(0.1), spec, axes), spec.tuned)
-    kept = runs.frame[runs.frame["selected"]].set_index("optim.name")
-    assert set(kept.loc["muon", "optim.adamw_lr"]) == {0.03}
-    assert {arm for arm, _ in runs.edges} == {"muon"} and len(runs.edges) == 2
-    assert any("(`optim.adamw_lr`)" in n for n in runs.notes), runs.notes
-
-
-def test_best_of_rejects_an_empty_or_repeated_list() -> None:
-    for bad in ([], ["optim.lr", "optim.lr"]):
-        with pytest.raises(ValueError, match="best_of"):
-            AnalysisSpec(kind="multiplier", best_of=bad)
-
-
 def test_selection_uses_val_and_reported_losses_use_test() -> None:
     """The lr is chosen on val; the fitted points are the chosen runs' test losses. Here the
     test losses rank the lrs the other way, so choosing on test would pick another lr."""
@@ -341,33 +288,6 @@ def test_sparsity_study_recovers_planted_ratios() -> None:
     assert said[0].reference is not None and "1.69x" in said[0].reference
     assert any("rise monotonically" in f.text and f.reference for f in result.findings)
     assert [j.name for j in result.figures][:2] == ["sparsity", "multipliers"]
-
-
-def test_the_held_out_check_leaves_out_every_seed_of_the_top_budget() -> None:
-    flops = np.repeat([1e12, 2e12, 4e12, 8e12], 3)  # 4 budgets x 3 seeds, one point per run
-    loss = 1.0 + 3e3 * flops**-0.3 * (1 + 0.001 * np.tile([-1, 0, 1], 4))
-    g = pd.DataFrame({"run": [f"r{i}" for i in range(12)], "flops": flops, "loss": loss})
-    row: dict[str, Any] = {}
-    text = holdout_text(g, row)
-    assert "without the 3 runs at its largest compute, the law predicts them" in text
-    assert row["holdout_max_abs_rel_error"] < 0.01  # a true power law extrapolates
-    same = g.assign(flops=1e12)
-    assert holdout_text(same, {}) == " No held-out check (every run has the same compute)."
-
-
-def test_a_synthetic_languages_known_floor_checks_the_fitted_floor() -> None:
-    lang = {"data.corpus": "synthetic", "data.synthetic_vocab": 16, "data.synthetic_order": 1,
-            "data.synthetic_branching": 2, "data.synthetic_seed": 0, "data.synthetic_topics": 4,
-            "data.synthetic_doc_tokens": 32}
-    runs = pd.DataFrame([lang, lang])
-    floor = known_floor(runs)
-    assert floor == pytest.approx(synthetic_entropy(16, 1, 2, 0, 4, 32)) and 0 < floor < np.log(20)
-    assert known_floor(runs.assign(**{"data.synthetic_seed": [0, 1]})) is None  # two languages
-    assert known_floor(runs.assign(**{"data.corpus": "stdlib"})) is None
-    below = floor_text(Estimate(0.7, 0.3, 1.0), 1.12)
-    assert "whole interval of E lies below it" in below and "not the irreducible loss" in below
-    assert "reaches it" in floor_text(Estimate(1.0, 0.8, 1.2), 1.12)
-    assert "at or above it" in floor_text(Estimate(1.2, 1.15, 1.3), 1.12)
 
 
 def test_logits_study_reports_clipping_and_divergence() -> None:
