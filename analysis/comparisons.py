@@ -142,9 +142,9 @@ def _point_texts(m: Multiplier) -> list[str]:
     both arms reached (:func:`target_losses`), each named as what it is."""
     texts = [f"pre-registered read-out: {multiplier_at(m, m.read)}"] if m.read else []
     rest = [multiplier_at(m, p) for p in m.at if p is not m.read]
+    lead = "descriptive, at 10%, 50% and 90% into the loss range both arms reached: "
     if rest:
-        texts.append("descriptive, at 10%, 50% and 90% into the loss range both arms reached: "
-                     + "; ".join(rest) if len(rest) == 3 else "; ".join(rest))
+        texts.append((lead if len(rest) == 3 else "") + "; ".join(rest))
     return texts
 
 

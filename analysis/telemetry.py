@@ -75,15 +75,14 @@ def _traces(runs: Runs, curves: pd.DataFrame, metric: str,
 def _cells(table: pd.DataFrame) -> Iterator[tuple[str, pd.DataFrame]]:
     """The runs of each arm, or of each arm and condition when the conditions differ by more
     than budget (e.g. two learning rates): a median across those would mix designs."""
-    if "condition" not in table.columns:
-        yield from ((str(a), g) for a, g in table.groupby("arm", sort=False))
-        return
-    design = table["condition"].map(
+    conditions = table.get("condition", pd.Series("", index=table.index))
+    design = conditions.map(
         lambda c: ", ".join(p for p in str(c).split(", ") if not p.startswith("tokens=")))
-    if design.nunique() <= 1:
-        yield from ((str(a), g) for a, g in table.groupby("arm", sort=False))
-        return
+    split = design.nunique() > 1
     for a, runs in table.groupby("arm", sort=False):
+        if not split:
+            yield str(a), runs
+            continue
         for c, g in runs.groupby(design[runs.index]):
             yield f"{a} at {c}", g
 
