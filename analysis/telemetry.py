@@ -176,13 +176,22 @@ def imbalance_summary(runs: Runs, curves: pd.DataFrame,
     sentences: list[tuple[str, str | None]] = [(
         "Expert-load imbalance (max / mean load; 1 = balanced) by arm (median over runs, range): "
         f"mean over the last quarter of training {_by_arm(table, 'last_quarter_mean')}; "
-        f"peak {_by_arm(table, 'peak')}.", None)]
+        f"peak {_by_arm(table, 'peak')}{_first_window_text(table, pts)}.", None)]
     if "final_dead_experts" in table.columns and (table["final_dead_experts"] > 0).any():
         dead = table[table["final_dead_experts"] > 0]
         sentences.append((f"{len(dead)} runs ended with experts that received no tokens: " +
                           ", ".join(f"{r.name} ({int(r.final_dead_experts)})"
                                     for r in dead.itertuples()) + ".", None))
     return TraceSummary(table, Traces(pts, (), "", "arm"), tuple(sentences))
+
+
+def _first_window_text(table: pd.DataFrame, pts: pd.DataFrame) -> str:
+    """How many runs peak in their first logged window: at initialisation, before the router's
+    bias has moved, so such a peak says nothing about how routing behaved in training."""
+    first = pts.groupby("run")["tokens"].min()
+    at_first = int((table["tokens_at_peak"].to_numpy() <= table["run_id"].map(first)).sum())
+    return (f"; in {at_first} of {len(table)} runs the peak is the first logged window "
+            "(initialisation, before the bias balances the load)") if at_first else ""
 
 
 CURRENT_SATURATION = {"routing/bias_saturation", "model.moe.bias_rate_start"}
