@@ -275,13 +275,7 @@ def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None,
 
     result = run_trial(trial, tracker, ckpt, on_log=on_log if world.main else None,
                        world=world)
-    if world.size > 1:
-        import torch.distributed as dist
-
-        # every rank reaches the teardown before any leaves: under load a rank that tore the
-        # gloo group down while its peer was still writing aborted at exit (SIGABRT)
-        world.barrier()
-        dist.destroy_process_group()
+    world.leave()
     if world.main:
         click.echo(json.dumps(result.__dict__, indent=1))
         click.echo(f"logged to {jsonl}" if jsonl else

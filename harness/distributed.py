@@ -87,6 +87,16 @@ class World:
 
             dist.barrier()
 
+    def leave(self) -> None:
+        """Tear the process group down once every rank has reached this point: under load a
+        rank that tore the gloo group down while its peer was still in a collective aborted at
+        exit (SIGABRT)."""
+        if self.size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+            dist.destroy_process_group()
+
     def from_main(self, obj: Any) -> Any:
         """Rank 0's ``obj`` on every rank (pickled; small objects: paths, dicts)."""
         if self.size == 1:

@@ -77,12 +77,10 @@ def _rank(rank: int, port: int, out: str, trial: dict[str, Any], warmup: int, st
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        res = time_steps(TrialConfig.model_validate(trial), World.current(), warmup, steps,
-                         split)
-        Path(out, f"{rank}.json").write_text(json.dumps(res))
-    finally:
-        dist.destroy_process_group()
+    world = World.current()
+    res = time_steps(TrialConfig.model_validate(trial), world, warmup, steps, split)
+    Path(out, f"{rank}.json").write_text(json.dumps(res))
+    world.leave()  # a failed rank ends its process; mp.spawn then stops the other
 
 
 def _two_workers(trial: TrialConfig, warmup: int, steps: int, split: bool) -> dict[str, Any]:
