@@ -230,6 +230,36 @@ def _shown(axes: Sequence[str], setting: tuple[Any, ...]) -> str:
     return fmt_value(setting[0]) if len(axes) == 1 else f"({setting_text(axes, setting)})"
 
 
+def _span(counts: pd.Series) -> str:
+    lo, hi = int(counts.min()), int(counts.max())
+    return str(lo) if lo == hi else f"{lo}-{hi}"
+
+
+def _search_text(n_settings: pd.Series) -> str:
+    """How many settings were tried per cell (``n_settings``: index arm, condition), per arm
+    when the arms' searches differ: ``4-10`` or ``adamw 4, muon 10``."""
+    if n_settings.empty:
+        return "0"
+    per_arm = {str(arm): _span(g) for arm, g in n_settings.groupby(level=0, sort=False)}
+    if len(set(per_arm.values())) <= 1:
+        return _span(n_settings)
+    return ", ".join(f"{arm} {span}" for arm, span in per_arm.items())
+
+
+def _uneven_search(n_settings: pd.Series, what: str) -> list[str]:
+    """A note when one arm was searched over more settings than another: the better-searched
+    arm can gain from the search alone (Wen et al. 2025, arXiv 2509.02046, tune every
+    optimizer's hyperparameters with equal care before comparing)."""
+    if n_settings.empty:
+        return []
+    most = n_settings.groupby(level=0).median()
+    if most.max() <= most.min():
+        return []
+    return [f"The search is uneven: {most.idxmax()} tried {most.max():g} {what} per cell (median) "
+            f"and {most.idxmin()} {most.min():g}, so part of a difference between them may "
+            f"come from the wider search."]
+
+
 def select_best(runs: Runs, best_of: Tuned) -> Runs:
     """Keep, per (arm, condition), the runs of the ``best_of`` setting (one axis, or a tuple
     of axes tuned together) with the lowest mean final val loss over seeds; ``selected`` marks
@@ -268,11 +298,11 @@ def select_best(runs: Runs, best_of: Tuned) -> Runs:
     picks = "; ".join(f"{arm}: {', '.join(f'{c} {_shown(axes, b)}' for _, c, b in sorted(v))}"
                       for arm, v in chosen.items())
     n_settings = usable.groupby(["arm_label", "condition"])["_setting"].nunique()
-    span = f"{n_settings.min()}-{n_settings.max()}" if len(n_settings) else "0"
     names = ", ".join(f"`{a}`" for a in axes)
     what = "values" if len(axes) == 1 else "settings"
-    notes = [f"Best {names} per arm and condition (lowest final val loss; {span} {what} "
-             f"tried per cell, each arm on its own grid): {picks or 'none'}."]
+    notes = [f"Best {names} per arm and condition (lowest final val loss; "
+             f"{_search_text(n_settings)} {what} tried per cell, each arm on its own grid): "
+             f"{picks or 'none'}.", *_uneven_search(n_settings, what)]
     if missing:
         notes.append(f"`best_of` axis {', '.join(missing)} is not in the runs table: not tuned.")
     if edges:

@@ -47,6 +47,14 @@ def test_best_of_several_axes_tunes_them_together_and_flags_an_edge_on_any() -> 
     assert any("(lr=0.02, adamw_lr=0.01)" in n and "adamw: tokens=1M (lr=0.004)" in n
                for n in runs.notes)
     assert set(variants(runs, spec.tuned)) >= {"lr=0.004", "lr=0.02, adamw_lr=0.03"}
+    # Muon searched 6 settings per budget, AdamW 4: the report says so
+    assert any("adamw 4, muon 6 settings tried per cell" in n for n in runs.notes), runs.notes
+    assert any(n.startswith("The search is uneven: muon tried 6") for n in runs.notes)
+    frame = coordinate_runs(0.01)
+    frame = frame[~frame["optim.adamw_lr"].isin([0.003, 0.03])]  # 4 settings for each arm
+    even = select_best(annotate(frame, spec, axes), spec.tuned)
+    assert any("; 4 settings tried per cell" in n for n in even.notes), even.notes
+    assert not any("uneven" in n for n in even.notes)
     # the adamw_lr optimum lies beyond the values tried: muon's best sits at that axis's edge
     runs = select_best(annotate(coordinate_runs(0.1), spec, axes), spec.tuned)
     kept = runs.frame[runs.frame["selected"]].set_index("optim.name")
