@@ -31,6 +31,20 @@ LOSS_SAME = ClaimSpec(text="no loss penalty", kind="no_penalty", measure="loss",
                       arms=["a"])
 
 
+@pytest.mark.parametrize(("claim", "lo", "hi", "said"), [
+    (LOSS_SAME, -0.0108, -0.0007, "ruled out, and the interval excludes no change"),
+    (LOSS_SAME, -0.02, 0.005, "better side: a penalty beyond the margin is ruled out, but"),
+    (SAME, 1.05, 1.3, "ruled out, and the interval excludes no change"),
+    (LOSS_SAME, -0.005, 0.02, None), (SAME, 0.85, 1.05, None),   # the penalty side: no note
+])
+def test_no_penalty_says_when_only_the_better_side_leaves_the_margin(
+        claim: ClaimSpec, lo: float, hi: float, said: str | None) -> None:
+    """The declared rule (equivalence) decides; the text says when a penalty is ruled out."""
+    verdict, reason = interval_verdict(claim, lo, hi)
+    assert verdict is Verdict.INCONCLUSIVE
+    assert (said in reason) if said else "better side" not in reason, reason
+
+
 @pytest.mark.parametrize(("claim", "lo", "hi", "expected"), [
     (EFFECT, 1.1, 1.4, Verdict.AGREES), (EFFECT, 0.7, 0.9, Verdict.DISAGREES),
     (EFFECT, 0.9, 1.2, Verdict.INCONCLUSIVE), (WORSE, 0.7, 0.9, Verdict.AGREES),
