@@ -155,8 +155,12 @@ def test_noise_mde_and_seeds_needed() -> None:
     assert noise.source == "seeds" and noise.df == 2
     assert noise.sd == pytest.approx(np.sqrt(2 * (0.01**2 + 0.01**2) / 2))
     assert noise_of(["a", "b", "c"], [0.0, 0.01, 0.02]).source == "conditions"
-    assert seeds_needed(0.01, 0.01) == 8  # (2.80 x 1)^2 = 7.85
-    assert seeds_needed(0.01, 0.01, equivalence=True) == 11  # (3.24)^2 = 10.5
+    # z quantiles would say 8 ((2.80 x 1)^2 = 7.85) and 11 ((3.24)^2 = 10.5); with t on n - 1 df:
+    assert seeds_needed(0.01, 0.01) == 10  # (2.262 + 0.883) / sqrt(10) = 0.995; 9 gives 1.065
+    assert seeds_needed(0.01, 0.01, equivalence=True) == 13  # (2.179 + 1.356) / sqrt(13) = 0.98
+    # sd half the margin: z says 3 ((3.24 x 0.5)^2 = 2.6), yet 3 seeds' 95% t interval alone
+    # is +/-1.24 margins wide; t says 5 ((2.776 + 1.533) / sqrt(5) x 0.5 = 0.96; 4 gives 1.2)
+    assert seeds_needed(0.005, 0.01, equivalence=True) == 5
 
 
 def test_paired_intervals_resample_seeds_not_budgets() -> None:
