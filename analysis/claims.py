@@ -9,10 +9,10 @@ final-loss change at the largest common budget) and its kind:
 - *no_penalty*: agrees only when the whole 95% interval lies inside the equivalence margin
   (1 -/+ margin x, or -/+ margin in loss): the interval form of two one-sided tests
   (Schuirmann 1987; a 95% interval inside the margin is TOST at alpha 0.025 per side);
-  disagrees when the interval lies entirely outside the margin. Either way the text says when
-  the interval leaves the margin only on the better side (no penalty beyond the margin, but
-  the arm may be better by more than it): the rule declared is equivalence, so the verdict
-  does not change after the data are seen.
+  disagrees when the interval lies entirely outside the margin. When the interval leaves the
+  margin only on the better side, the text says a penalty beyond the margin is ruled out (the
+  non-inferiority half of the test) while the arm may be better by more than the margin; the
+  rule declared is equivalence, so the verdict stays the rule's after the data are seen.
 
 Anything else is *inconclusive*, and so is, where the spec's ``collapsed`` rule says so (the
 default for sparsity studies), a claim on an arm (or against a baseline) where most runs' routing
@@ -63,10 +63,11 @@ def interval_verdict(claim: ClaimSpec, lo: float, hi: float) -> tuple[Verdict, s
                  else f"+/-{claim.margin:.1%}")
         if band[0] <= lo and hi <= band[1]:
             return Verdict.AGREES, f"the whole interval lies inside the margin {shown}"
-        side = _penalty_side(mult, band, lo, hi, null)
+        if _only_better_side(mult, band, lo, hi):
+            return _better_side(mult, band, lo, hi, null, shown)
         if hi < band[0] or lo > band[1]:
-            return Verdict.DISAGREES, f"the interval lies entirely outside the margin {shown}{side}"
-        return Verdict.INCONCLUSIVE, f"the interval crosses the margin {shown}{side}"
+            return Verdict.DISAGREES, f"the interval lies entirely outside the margin {shown}"
+        return Verdict.INCONCLUSIVE, f"the interval crosses the margin {shown}"
     # a multiplier above 1x and a loss change below 0 are both "better"
     high = (claim.direction == "better") == mult
     right, wrong = (lo > null, hi < null) if high else (hi < null, lo > null)
@@ -78,19 +79,27 @@ def interval_verdict(claim: ClaimSpec, lo: float, hi: float) -> tuple[Verdict, s
     return Verdict.INCONCLUSIVE, f"the interval includes {where} (no change){size}"
 
 
-def _penalty_side(mult: bool, band: tuple[float, float], lo: float, hi: float,
-                  null: float) -> str:
-    """For a no-penalty interval not inside its margin: whether it leaves the margin only on
-    the better side (a multiplier above 1 + margin, a loss change below -margin). A penalty
-    beyond the margin is then ruled out (the one-sided, non-inferiority half of the test
-    holds) while equivalence is not shown; the verdict stays the declared rule's."""
-    no_penalty = lo > band[0] if mult else hi < band[1]
-    if not no_penalty:
-        return ""
+def _only_better_side(mult: bool, band: tuple[float, float], lo: float, hi: float) -> bool:
+    """A no-penalty interval that leaves its margin only on the better side (a multiplier above
+    1 + margin, a loss change below -margin)."""
+    return lo > band[0] and hi > band[1] if mult else hi < band[1] and lo < band[0]
+
+
+def _better_side(mult: bool, band: tuple[float, float], lo: float, hi: float, null: float,
+                 shown: str) -> tuple[Verdict, str]:
+    """The declared rule's verdict on an interval that leaves the margin only on the better
+    side, said so: a penalty beyond the margin is ruled out (the non-inferiority half of the
+    two one-sided tests holds), equivalence is not shown."""
+    fmt = (lambda v: f"{v:.2f}x") if mult else (lambda v: f"{v:+.1%}")
+    edge, other = (band[1], band[0]) if mult else (band[0], band[1])
+    beyond = lo > band[1] if mult else hi < band[0]
     better = lo > null if mult else hi < null
-    benefit = ", and the interval excludes no change (the arm is better)" if better else ""
-    return ("; it leaves the margin only on the better side: a penalty beyond the margin is "
-            f"ruled out{benefit}, but the declared rule asks for equivalence")
+    benefit = "; the interval excludes no change: the arm is better" if better else ""
+    where = (f"lies entirely beyond the margin's better edge ({fmt(edge)})" if beyond
+             else f"crosses only the margin's better edge ({fmt(edge)})")
+    return (Verdict.DISAGREES if beyond else Verdict.INCONCLUSIVE,
+            f"the interval {where}: a penalty beyond {fmt(other)} is ruled out{benefit}; "
+            f"the declared rule asks for equivalence within {shown}")
 
 
 def _size_note(claim: ClaimSpec, lo: float, hi: float) -> str:

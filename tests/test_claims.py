@@ -31,18 +31,22 @@ LOSS_SAME = ClaimSpec(text="no loss penalty", kind="no_penalty", measure="loss",
                       arms=["a"])
 
 
-@pytest.mark.parametrize(("claim", "lo", "hi", "said"), [
-    (LOSS_SAME, -0.0108, -0.0007, "ruled out, and the interval excludes no change"),
-    (LOSS_SAME, -0.02, 0.005, "better side: a penalty beyond the margin is ruled out, but"),
-    (SAME, 1.05, 1.3, "ruled out, and the interval excludes no change"),
-    (LOSS_SAME, -0.005, 0.02, None), (SAME, 0.85, 1.05, None),   # the penalty side: no note
+@pytest.mark.parametrize(("claim", "lo", "hi", "expected", "said"), [
+    (LOSS_SAME, -0.0108, -0.0007, Verdict.INCONCLUSIVE,
+     "crosses only the margin's better edge (-1.0%): a penalty beyond +1.0% is ruled out; the "
+     "interval excludes no change"),
+    (LOSS_SAME, -0.02, 0.005, Verdict.INCONCLUSIVE, "ruled out; the declared rule asks"),
+    (LOSS_SAME, -0.03, -0.02, Verdict.DISAGREES, "entirely beyond the margin's better edge"),
+    (SAME, 1.05, 1.3, Verdict.INCONCLUSIVE, "better edge (1.10x): a penalty beyond 0.90x"),
+    (LOSS_SAME, -0.005, 0.02, Verdict.INCONCLUSIVE, None),   # the penalty side: no note
+    (SAME, 0.85, 1.05, Verdict.INCONCLUSIVE, None), (SAME, 0.8, 1.3, Verdict.INCONCLUSIVE, None),
 ])
 def test_no_penalty_says_when_only_the_better_side_leaves_the_margin(
-        claim: ClaimSpec, lo: float, hi: float, said: str | None) -> None:
+        claim: ClaimSpec, lo: float, hi: float, expected: Verdict, said: str | None) -> None:
     """The declared rule (equivalence) decides; the text says when a penalty is ruled out."""
     verdict, reason = interval_verdict(claim, lo, hi)
-    assert verdict is Verdict.INCONCLUSIVE
-    assert (said in reason) if said else "better side" not in reason, reason
+    assert verdict is expected
+    assert (said in reason) if said else "better edge" not in reason, reason
 
 
 @pytest.mark.parametrize(("claim", "lo", "hi", "expected"), [
