@@ -394,7 +394,7 @@ def paired_changes(d: Design, parts: Parts) -> None:
         change = paired_change(label, d.base, pairs)
         parts.changes.append(change)
         flops = float(np.mean([p.rel_flops for p in pairs]))
-        cost = (f", at {flops:+.1%} training FLOPs" if abs(flops) > 0.005 else
+        cost = (f", at {flops:+.2%} training FLOPs" if abs(flops) >= 5e-5 else
                 ", at equal training FLOPs")
         parts.say(f"Paired by condition and seed: {paired_text(change)}{cost}.", ref)
     if parts.changes:

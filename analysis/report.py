@@ -253,7 +253,7 @@ HEADER = """# Results
 Written by `make plots` (`analysis.report.make_all`) from the MLflow runs of {n} sweeps ({names}),
 cached under `{cache}`. Intervals of fitted quantities are 95% bootstrap percentile intervals
 (Efron & Tibshirani 1993) that resample the independent unit: whole seeds within each arm,
-or runs within each arm when a sweep has one seed (with the 3-5 seeds a CPU study affords, a
+or runs within each arm when a sweep has one seed (with the 3-10 seeds a CPU study affords, a
 percentile interval rests on few distinct resamples and tends to run narrow: read it as
 approximate; paired changes use t intervals, which allow for few seeds); laws are fitted in
 log space with a Huber loss (Hoffmann et al. 2022) by `analysis.laws`. {val_note}

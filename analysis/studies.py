@@ -147,7 +147,7 @@ def holdout_text(g: pd.DataFrame, row: dict[str, Any]) -> str:
     try:
         chk = extrapolation_check(g["flops"], g["loss"], g["run"], holdout=top)
     except FitError as e:
-        return f" No held-out check ({e})."
+        return f" No held-out check (the fit without the top budget: {e})."
     row.update(holdout_mean_abs_rel_error=chk.mean_abs_rel_error,
                holdout_max_abs_rel_error=chk.max_abs_rel_error)
     runs = "its largest-compute run" if top == 1 else f"the {top} runs at its largest compute"
@@ -349,9 +349,10 @@ def _summary(runs: Runs, spec: AnalysisSpec, order: list[str], base: str,
     if (runs.frame[REPORTED_SPLIT] == "val").all():
         text += f" {VAL_SET_NOTE}"
     else:
-        text += (" Learning rates and other choices were made on the validation split; every "
-                 "final loss reported here is on the test split (curves along training, and "
-                 "laws fitted to them, are validation loss).")
+        chosen = ("Learning rates and other choices were made on the validation split; every"
+                  if spec.tuned else "Every")
+        text += (f" {chosen} final loss reported here is on the test split (curves along "
+                 "training, and laws fitted to them, are validation loss).")
     return text
 
 

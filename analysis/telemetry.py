@@ -102,6 +102,12 @@ def _by_arm(table: pd.DataFrame, column: str, digits: int = 3) -> str:
     return ", ".join(parts)
 
 
+def _over(table: pd.DataFrame, best_of: Tuned) -> str:
+    """Which runs a summary's medians cover: all of them, every tuned setting too."""
+    tried = ", every setting tried" if tuned_axes(best_of) else ""
+    return f"median over the {len(table)} runs{tried}; range"
+
+
 def _per_run(runs: Runs, pts: pd.DataFrame) -> pd.DataFrame:
     rows = []
     info = runs.frame.set_index("run_id")
@@ -138,7 +144,7 @@ def max_logit_summary(runs: Runs, curves: pd.DataFrame,
         clips = curves.groupby("run_id")["attn/heads_clipped"].sum()
         table["clip_events"] = table["run_id"].map(clips).fillna(0.0)
     sentences: list[tuple[str, str | None]] = [(
-        "Peak max attention logit over training by arm (median over runs, range): "
+        f"Peak max attention logit over training by arm ({_over(table, best_of)}): "
         f"{_by_arm(table, 'peak')}; mean over the last quarter of training: "
         f"{_by_arm(table, 'last_quarter_mean')}.", K2_LOGITS)]
     for arm, g in _cells(table):
@@ -151,7 +157,8 @@ def max_logit_summary(runs: Runs, curves: pd.DataFrame,
         peak, final = g["peak"].max() / tau, g["final"].median() / tau
         sentences.append((
             f"{arm} (QK-Clip tau = {fmt_value(tau)}): {clips_text}the logged pre-clip maximum "
-            f"peaked at {peak:.2f} tau and ended at {final:.2f} tau (median).", K2_CLIPPED))
+            f"peaked at {peak:.2f} tau (the largest over runs) and ended at {final:.2f} tau "
+            "(median).", K2_CLIPPED))
     diverged = table[table["status"] == "diverged"]
     if len(diverged):
         sentences.append((
@@ -174,7 +181,8 @@ def imbalance_summary(runs: Runs, curves: pd.DataFrame,
         last = curves.dropna(subset=["moe/dead_experts"]).groupby("run_id")["moe/dead_experts"]
         table["final_dead_experts"] = table["run_id"].map(last.last())
     sentences: list[tuple[str, str | None]] = [(
-        "Expert-load imbalance (max / mean load; 1 = balanced) by arm (median over runs, range): "
+        "Expert-load imbalance (max / mean load; 1 = balanced) by arm "
+        f"({_over(table, best_of)}): "
         f"mean over the last quarter of training {_by_arm(table, 'last_quarter_mean')}; "
         f"peak {_by_arm(table, 'peak')}{_first_window_text(table, pts)}.", None)]
     if "final_dead_experts" in table.columns and (table["final_dead_experts"] > 0).any():

@@ -37,6 +37,7 @@ def _sentence(late_spike: bool) -> str:
 
 
 def test_imbalance_says_how_many_peaks_are_the_initial_window() -> None:
+    assert "by arm (median over the 4 runs; range)" in _sentence(False)
     assert "in 4 of 4 runs the peak is the first logged window" in _sentence(False)
     # a peak in training is not counted as the initial one
     assert "in 3 of 4 runs the peak is the first logged window" in _sentence(True)
