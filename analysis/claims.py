@@ -82,7 +82,9 @@ def interval_verdict(claim: ClaimSpec, lo: float, hi: float) -> tuple[Verdict, s
 def _only_better_side(mult: bool, band: tuple[float, float], lo: float, hi: float) -> bool:
     """A no-penalty interval that leaves its margin only on the better side (a multiplier above
     1 + margin, a loss change below -margin)."""
-    return lo > band[0] and hi > band[1] if mult else hi < band[1] and lo < band[0]
+    if mult:
+        return lo > band[0] and hi > band[1]
+    return hi < band[1] and lo < band[0]
 
 
 def _better_side(mult: bool, band: tuple[float, float], lo: float, hi: float, null: float,

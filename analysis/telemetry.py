@@ -198,8 +198,10 @@ def _first_window_text(table: pd.DataFrame, pts: pd.DataFrame) -> str:
     bias has moved, so such a peak says nothing about how routing behaved in training."""
     first = pts.groupby("run")["tokens"].min()
     at_first = int((table["tokens_at_peak"].to_numpy() <= table["run_id"].map(first)).sum())
+    if not at_first:
+        return ""
     return (f"; in {at_first} of {len(table)} runs the peak is the first logged window "
-            "(initialisation, before the bias balances the load)") if at_first else ""
+            "(initialisation, before the bias balances the load)")
 
 
 CURRENT_SATURATION = {"routing/bias_saturation", "model.moe.bias_rate_start"}
