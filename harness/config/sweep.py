@@ -124,7 +124,9 @@ class ClaimSpec(Frozen):
     kind: Literal["effect", "no_penalty"] = Field(
         description="effect: the arm differs from the baseline in `direction`, agrees only when "
         "the 95% interval excludes no change (1x / 0%) on that side; no_penalty: agrees only "
-        "when the whole 95% interval lies inside the equivalence `margin` (Schuirmann 1987)")
+        "when the whole 95% interval lies inside the equivalence `margin` (Schuirmann 1987); "
+        "when it leaves the margin only on the better side the verdict keeps this rule and its "
+        "text says a penalty beyond the margin is ruled out")
     measure: Literal["multiplier", "loss"] = Field(
         "multiplier", description="multiplier: compute multiplier C_base(L*) / C_arm(L*) (x) "
         "read at `read_at`; loss: paired relative change of final loss, arm over baseline at "
