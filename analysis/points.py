@@ -240,21 +240,24 @@ def _search_text(n_settings: pd.Series) -> str:
     when the arms' searches differ: ``4-10`` or ``adamw 4, muon 10``."""
     if n_settings.empty:
         return "0"
-    per_arm = {str(arm): _span(g) for arm, g in n_settings.groupby(level=0, sort=False)}
-    if len(set(per_arm.values())) <= 1:
+    if not _is_uneven(n_settings):
         return _span(n_settings)
-    return ", ".join(f"{arm} {span}" for arm, span in per_arm.items())
+    return ", ".join(f"{arm} {_span(g)}" for arm, g in n_settings.groupby(level=0, sort=False))
+
+
+def _is_uneven(n_settings: pd.Series) -> bool:
+    """One arm's median search per cell exceeds another's (the one test both notes use)."""
+    most = n_settings.groupby(level=0).median()
+    return bool(most.max() > most.min())
 
 
 def _uneven_search(n_settings: pd.Series, what: str) -> list[str]:
     """A note when one arm was searched over more settings than another: the better-searched
     arm can gain from the search alone (Wen et al. 2025, arXiv 2509.02046, tune every
     optimizer's hyperparameters with equal care before comparing)."""
-    if n_settings.empty:
+    if n_settings.empty or not _is_uneven(n_settings):
         return []
     most = n_settings.groupby(level=0).median()
-    if most.max() <= most.min():
-        return []
     return [f"The search is uneven: {most.idxmax()} tried {most.max():g} {what} per cell (median) "
             f"and {most.idxmin()} {most.min():g}, so part of a difference between them may "
             f"come from the wider search."]
