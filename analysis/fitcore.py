@@ -170,16 +170,17 @@ class BootCheck:
 
     @property
     def reason(self) -> str:
-        """Empty when estimable, else why not (the report's wording)."""
+        """Empty when estimable, else every reason why not (the report's wording)."""
         if self.n_boot <= 0:
             return "no bootstrap"
+        why = []
         if self.distinct < MIN_DISTINCT:
-            return (f"not estimable: resampling {self.unit} allows only {self.distinct} distinct "
-                    f"resamples (< {MIN_DISTINCT})")
+            why.append(f"resampling {self.unit} allows only {self.distinct} distinct resamples "
+                       f"(< {MIN_DISTINCT})")
         if self.failed_share > MAX_FAILED_SHARE:
-            return (f"not estimable: {self.failed_share:.0%} of {self.n_boot} bootstrap refits "
-                    f"failed (> {MAX_FAILED_SHARE:.0%})")
-        return ""
+            why.append(f"{self.failed_share:.0%} of {self.n_boot} bootstrap refits failed "
+                       f"(> {MAX_FAILED_SHARE:.0%})")
+        return "not estimable: " + " and ".join(why) if why else ""
 
     @property
     def estimable(self) -> bool:

@@ -122,6 +122,8 @@ def test_the_failed_share_threshold_decides_estimability() -> None:
     bad = BootCheck(n, int(MAX_FAILED_SHARE * n) + 2, 10_000)
     assert ok.estimable and not bad.estimable and "failed" in bad.reason
     assert not BootCheck(n, 0, 35).estimable  # 4 runs: C(7, 4) = 35 distinct resamples
+    both = BootCheck(n, int(MAX_FAILED_SHARE * n) + 2, 35).reason  # every reason is named
+    assert "35 distinct resamples" in both and "bootstrap refits failed" in both
 
 
 def test_one_seed_resamples_runs_two_seeds_resample_seeds_within_conditions() -> None:
