@@ -240,24 +240,25 @@ def _search_text(n_settings: pd.Series) -> str:
     when the arms' searches differ: ``4-10`` or ``adamw 4, muon 10``."""
     if n_settings.empty:
         return "0"
-    if not _is_uneven(n_settings):
+    if _uneven_medians(n_settings) is None:
         return _span(n_settings)
     return ", ".join(f"{arm} {_span(g)}" for arm, g in n_settings.groupby(level=0, sort=False))
 
 
-def _is_uneven(n_settings: pd.Series) -> bool:
-    """One arm's median search per cell exceeds another's (the one test both notes use)."""
+def _uneven_medians(n_settings: pd.Series) -> pd.Series | None:
+    """Each arm's median search per cell when one arm's exceeds another's, else None (the one
+    test both notes use)."""
     most = n_settings.groupby(level=0).median()
-    return bool(most.max() > most.min())
+    return most if most.max() > most.min() else None
 
 
 def _uneven_search(n_settings: pd.Series, what: str) -> list[str]:
     """A note when one arm was searched over more settings than another: the better-searched
     arm can gain from the search alone (Wen et al. 2025, arXiv 2509.02046, tune every
     optimizer's hyperparameters with equal care before comparing)."""
-    if n_settings.empty or not _is_uneven(n_settings):
+    most = None if n_settings.empty else _uneven_medians(n_settings)
+    if most is None:
         return []
-    most = n_settings.groupby(level=0).median()
     return [f"The search is uneven: {most.idxmax()} tried {most.max():g} {what} per cell (median) "
             f"and {most.idxmin()} {most.min():g}, so part of a difference between them may "
             f"come from the wider search."]
