@@ -36,11 +36,13 @@ def _spawned(rank: int, port: int, out: str, job: str, arg: Any) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=SIZE)
-    try:
-        result = JOBS[job](World.current(), arg)
-        Path(out, f"{rank}.pkl").write_bytes(pickle.dumps(result))
-    finally:
-        dist.destroy_process_group()
+    world = World.current()
+    result = JOBS[job](world, arg)
+    Path(out, f"{rank}.pkl").write_bytes(pickle.dumps(result))
+    # Both ranks reach a barrier before either tears gloo down: a rank that destroyed the group
+    # while its peer was still in a collective aborted at exit (SIGABRT) under CI load. A rank
+    # that raised ends its process instead, and mp.spawn stops the other.
+    world.leave()
 
 
 def on_ranks(tmp_path: Path, job: str, arg: Any = None) -> list[Any]:
