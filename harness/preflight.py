@@ -78,11 +78,13 @@ def _check_streams(group: list[TrialConfig], where: str) -> str:
     except (OSError, ValueError) as e:
         raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
     need = max(t.train.seq_len for t in group) + 1
-    for stream, n in (("validation", len(data.val)), ("test", len(data.test)),
-                      ("training", len(data.train))):
+    for stream, n, share in (("validation", len(data.val), "data.val_fraction"),
+                             ("test", len(data.test), "data.test_fraction"),
+                             ("training", len(data.train), None)):
         if n < need:
+            more = f"more data, a larger {share}" if share else "more data"
             raise ConfigError(f"{where}: the {stream} stream has {n} tokens, fewer than "
-                              f"train.seq_len + 1 ({need}); give more data or a shorter seq_len")
+                              f"train.seq_len + 1 ({need}); give {more} or a shorter seq_len")
     return data_sha(data.fingerprint)
 
 

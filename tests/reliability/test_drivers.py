@@ -230,4 +230,5 @@ def test_bad_data_values_stop_at_dry_run(project: Path) -> None:
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert len(errors) == 1, errors
     assert "validation stream has 40 tokens, fewer than train.seq_len + 1 (65)" in errors[0]
+    assert "a larger data.val_fraction" in errors[0]
     assert not (project / "mlflow.db").exists()
