@@ -5,11 +5,12 @@ with neither Ray nor MLflow installed:
 
 1. the ``gpu``-marked tests (``tests/test_gpu.py``), in a child pytest;
 2. ``harness bench --device cuda --quick`` (its Ray and MLflow cases say "not installed");
-3. a short trial of each GPU profile's smallest size (and the largest optimizers size, d_model
-   1024) with its real settings (bf16 autocast, grouped_mm experts), compile off and on:
-   tokens/s, MFU over the bf16 GEMM rate measured in this same run (``gemm_flops_per_s``),
-   peak memory against :func:`harness.memory.estimate_bytes`, and the first steps' losses
-   against the CPU float32 path at a reduced batch;
+3. a short trial of each GPU profile's smallest size (and a d_model 1024 one: the optimizers
+   GPU profile's largest trial widened by :data:`D1024`) with its real settings (bf16
+   autocast, grouped_mm experts), compile off and on: tokens/s, MFU over the bf16 GEMM rate
+   measured in this same run (``gemm_flops_per_s``), peak memory against
+   :func:`harness.memory.estimate_bytes`, and the first steps' losses against the CPU float32
+   path at a reduced batch;
 4. four packed trials (``resources.gpu: 0.25``, smoke.yaml's GPU profile) against one alone:
    aggregate tokens/s of four concurrent ``harness train --jsonl`` processes over one.
 
@@ -52,6 +53,13 @@ TINY_MODEL: dict[str, Any] = {
                   "qk_rope_head_dim": 4, "v_head_dim": 8},
     "moe": {"n_routed_experts": 4, "top_k": 2, "expert_ffn_dim": 16},
 }
+D1024 = {  # the MFU goal's size (as :func:`_variant` keys): 16 layers and heads, expert FFN
+    # d_model / 4 and a dense FFN of (8 + 1) x 256, 64 experts 8 + 1 active; micro-batches of 8
+    # sequences (estimate 64 GiB, where the profile's 32 would need 219 GiB)
+    "model__d_model": 1024, "model__n_layers": 16, "model__attention__n_heads": 16,
+    "model__moe__expert_ffn_dim": 256, "model__dense_ffn_dim": 2304,
+    "train__micro_batch_tokens": 16384,
+}
 GOALS = {  # the H200 goals of issue "the GPU path": name -> (rule, threshold)
     "moe_vs_dense": (">=", 0.5),   # MoE layer rate over the dense GEMM rate of equal FLOPs
     "mfu_d1024": (">=", 0.35),     # the d_model 1024 trial's MFU over the measured GEMM rate
@@ -69,7 +77,8 @@ def _variant(trial: TrialConfig, **dotted: Any) -> TrialConfig:
 
 
 def profile_trials(tiny: bool) -> dict[str, TrialConfig]:
-    """The smallest trial of every shipped GPU profile, and the largest optimizers one."""
+    """The smallest trial of every shipped GPU profile, and the largest optimizers one widened to
+    d_model 1024 (:data:`D1024`), where the MFU goal is set."""
     out: dict[str, TrialConfig] = {}
     for path in sorted(SWEEPS.glob("*.yaml")):
         if "gpu" not in (yaml.safe_load(path.read_text()).get("profiles") or {}):
@@ -78,7 +87,7 @@ def profile_trials(tiny: bool) -> dict[str, TrialConfig]:
         size = lambda t: (t.model.d_model, t.model.moe.n_routed_experts, t.train.tokens)  # noqa: E731
         out[path.stem] = min(trials, key=size)
         if path.stem == "optimizers":
-            out["optimizers-d1024"] = max(trials, key=size)
+            out["optimizers-d1024"] = _variant(max(trials, key=size), **D1024)
     if tiny:  # toy sizes on any device: the script's own test
         out = {k: _variant(t, model={**TINY_MODEL, "vocab_size": t.model.vocab_size},
                            train__batch_tokens=256, train__micro_batch_tokens=None,

@@ -1,8 +1,8 @@
-"""``harness bench``: run the six cases, judge the goals, write results/bench.json and bench.md.
+"""``harness bench``: run the seven cases, judge the goals, write results/bench.json and bench.md.
 
 Sizes come in three plans: ``full`` (``make bench``, about 25 minutes on 2 cores, 17 of them
-the prefix-sharing case), ``quick`` (a few minutes: the same shapes, fewer repeats, shorter
-trials, no prefix-sharing case) and ``tiny`` (toy shapes
+the prefix-sharing case), ``quick`` (a few minutes: the same shapes with the train step at half
+its batch, fewer repeats, shorter trials, no prefix-sharing case) and ``tiny`` (toy shapes
 for the tests, a few seconds, no Ray). On CUDA the reference shapes grow to GPU size and
 everything runs under bf16 autocast; scheduling stays a CPU case (it measures Ray, on 2 cores).
 
