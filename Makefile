@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-# Two passes: the tests that neither start Ray nor wait on deadlines on two workers, then those
-# (marked serial by tests/conftest.py) alone.
+# Two passes: the tests that neither start Ray, wait on deadlines nor run several training
+# processes, on two workers; then those (marked serial by tests/conftest.py) alone.
 test: setup
 	$(BIN)/python -m pytest -q -n 2 -m "not ui and not reliability_slow and not serial"
 	$(BIN)/python -m pytest -q -m "serial and not ui and not reliability_slow"

@@ -14,6 +14,7 @@ import os
 import pickle
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from sweeptools import HARNESS, free_port, trial_dict
+from sweeptools import HARNESS, trial_dict
 
 from harness.config import ConfigError, TrialConfig, load_trial
 from harness.distributed import World
@@ -32,10 +33,10 @@ from harness.train import run_trial
 SIZE = 2
 
 
-def _spawned(rank: int, port: int, out: str, job: str, arg: Any) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+def _spawned(rank: int, store: str, out: str, job: str, arg: Any) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=SIZE)
+    # a file store: no port to pick and release before the ranks bind it
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=SIZE)
     world = World.current()
     result = JOBS[job](world, arg)
     Path(out, f"{rank}.pkl").write_bytes(pickle.dumps(result))
@@ -47,7 +48,8 @@ def _spawned(rank: int, port: int, out: str, job: str, arg: Any) -> None:
 
 def on_ranks(tmp_path: Path, job: str, arg: Any = None) -> list[Any]:
     """Run ``JOBS[job](world, arg)`` on 2 gloo ranks; each rank's result."""
-    mp.spawn(_spawned, args=(free_port(), str(tmp_path), job, arg), nprocs=SIZE, join=True)
+    store = Path(tempfile.mkdtemp(dir=tmp_path)) / "store"
+    mp.spawn(_spawned, args=(str(store), str(tmp_path), job, arg), nprocs=SIZE, join=True)
     return [pickle.loads(Path(tmp_path, f"{r}.pkl").read_bytes()) for r in range(SIZE)]
 
 
@@ -175,7 +177,7 @@ def test_harness_train_runs_two_workers_under_torchrun(tmp_path: Path) -> None:
     assert "train.workers is 2 but 1 process(es) run it" in alone.stderr
     torchrun = Path(sys.executable).parent / "torchrun"
     out = subprocess.run(
-        [str(torchrun), "--nproc-per-node", "2", "--master-port", str(free_port()),
+        [str(torchrun), "--standalone", "--nproc-per-node", "2",  # rendezvous on a free port
          "-m", "harness", "train", str(path), "--jsonl", str(tmp_path / "two.jsonl")],
         capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

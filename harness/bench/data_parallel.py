@@ -20,7 +20,6 @@ fixed costs that do not halve.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -71,12 +70,12 @@ def time_steps(trial: TrialConfig, world: World, warmup: int, steps: int,
     return {"step_s": step_s, "ns_s": ns_s, "ns_share": ns_s / step_s}
 
 
-def _rank(rank: int, port: int, out: str, trial: dict[str, Any], warmup: int, steps: int,
+def _rank(rank: int, out: str, trial: dict[str, Any], warmup: int, steps: int,
           split: bool) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    # a file store in the run's own folder: no port to pick and release before the ranks bind it
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=2)
     world = World.current()
     res = time_steps(TrialConfig.model_validate(trial), world, warmup, steps, split)
     Path(out, f"{rank}.json").write_text(json.dumps(res))
@@ -84,15 +83,10 @@ def _rank(rank: int, port: int, out: str, trial: dict[str, Any], warmup: int, st
 
 
 def _two_workers(trial: TrialConfig, warmup: int, steps: int, split: bool) -> dict[str, Any]:
-    import socket
-
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
     with tempfile.TemporaryDirectory() as out:
-        mp.spawn(_rank, args=(port, out, trial.model_dump(mode="json"), warmup, steps, split),
+        mp.spawn(_rank, args=(out, trial.model_dump(mode="json"), warmup, steps, split),
                  nprocs=2, join=True)
         return json.loads(Path(out, "0.json").read_text())
 

@@ -313,6 +313,7 @@ def test_two_writers_of_one_file_never_crash(tmp_path: Path, writer: str) -> Non
         t.start()
     for t in threads:
         t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a writer still runs after 120 s"
     assert not errors, errors
     w, k = _read_back(name, target)
     assert w in (1, 2) and 0 <= k < rounds
