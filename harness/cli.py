@@ -252,7 +252,7 @@ def train(trial_file: Path, experiment: str, checkpoint_dir: Path | None,
     Example:
       harness train my_trial.yaml   # a TrialConfig YAML: model/optim/data/train
       harness train my_trial.yaml --jsonl runs/my_trial.jsonl   # where MLflow is not installed
-      torchrun --nproc-per-node 2 -m harness train two_workers.yaml --jsonl runs/t.jsonl
+      torchrun --standalone --nproc-per-node 2 -m harness train two.yaml --jsonl runs/t.jsonl
     """
     from harness.preflight import check_data, check_trial, default_storage
     from harness.tracking import MemoryTracker
@@ -293,7 +293,8 @@ def _torchrun_world(workers: int, device: str) -> World:
     if size != workers:
         raise HarnessError(
             f"train.workers is {workers} but {size} process(es) run it: start it as "
-            f"`torchrun --nproc-per-node {workers} -m harness train FILE`, or in a sweep")
+            f"`torchrun --standalone --nproc-per-node {workers} -m harness train FILE`, or in a "
+            "sweep")
     import torch
     import torch.distributed as dist
 
