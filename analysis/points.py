@@ -246,8 +246,10 @@ def _search_text(n_settings: pd.Series) -> str:
 
 
 def _uneven_medians(n_settings: pd.Series) -> pd.Series | None:
-    """Each arm's median search per cell when one arm's exceeds another's, else None (the one
-    test both notes use)."""
+    """Each arm's median search per cell when one arm's exceeds another's, else None (also when
+    nothing was searched; the one test both notes use)."""
+    if n_settings.empty:
+        return None
     most = n_settings.groupby(level=0).median()
     return most if most.max() > most.min() else None
 
@@ -256,7 +258,7 @@ def _uneven_search(n_settings: pd.Series, what: str) -> list[str]:
     """A note when one arm was searched over more settings than another: the better-searched
     arm can gain from the search alone (Wen et al. 2025, arXiv 2509.02046, tune every
     optimizer's hyperparameters with equal care before comparing)."""
-    most = None if n_settings.empty else _uneven_medians(n_settings)
+    most = _uneven_medians(n_settings)
     if most is None:
         return []
     return [f"The search is uneven: {most.idxmax()} tried {most.max():g} {what} per cell (median) "

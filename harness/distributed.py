@@ -45,6 +45,15 @@ class World:
             return cls()
         return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
 
+    @classmethod
+    def over_file(cls, store: str, rank: int, size: int) -> World:
+        """Join a gloo group of ``size`` processes on this machine (``mp.spawn``'ed ranks) that
+        meet through the file ``store``: no port to pick and release before the ranks bind it."""
+        import torch.distributed as dist
+
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=size)
+        return cls.current()
+
     @property
     def main(self) -> bool:
         """Rank 0: the one that writes checkpoints, records and reports."""

@@ -20,7 +20,6 @@ from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 from sweeptools import HARNESS, trial_dict
 
@@ -35,9 +34,7 @@ SIZE = 2
 
 def _spawned(rank: int, store: str, out: str, job: str, arg: Any) -> None:
     torch.set_num_threads(1)
-    # a file store: no port to pick and release before the ranks bind it
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=SIZE)
-    world = World.current()
+    world = World.over_file(store, rank, SIZE)
     result = JOBS[job](world, arg)
     Path(out, f"{rank}.pkl").write_bytes(pickle.dumps(result))
     # Both ranks reach a barrier before either tears gloo down: a rank that destroyed the group

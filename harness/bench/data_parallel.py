@@ -72,11 +72,7 @@ def time_steps(trial: TrialConfig, world: World, warmup: int, steps: int,
 
 def _rank(rank: int, out: str, trial: dict[str, Any], warmup: int, steps: int,
           split: bool) -> None:
-    import torch.distributed as dist
-
-    # a file store in the run's own folder: no port to pick and release before the ranks bind it
-    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=2)
-    world = World.current()
+    world = World.over_file(f"{out}/store", rank, 2)
     res = time_steps(TrialConfig.model_validate(trial), world, warmup, steps, split)
     Path(out, f"{rank}.json").write_text(json.dumps(res))
     world.leave()  # a failed rank ends its process; mp.spawn then stops the other
