@@ -10,9 +10,11 @@ before the all-reduce adds them), each MLflow step once.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,12 @@ def test_mixed_sweep_agrees_and_a_killed_worker_resumes(project: Path) -> None:
             os.kill(pids[-1], signal.SIGKILL)
             killed = True
         time.sleep(0.05)
-    out, _ = proc.communicate(timeout=400)
+    try:
+        out, _ = proc.communicate(timeout=400)
+    except subprocess.TimeoutExpired:  # stop it like Ctrl-C, so no Ray is left to later tests
+        proc.terminate()
+        out, _ = proc.communicate(timeout=120)
+        pytest.fail(f"the sweep did not end in 400 s\n{out[-3000:]}")
     assert killed, f"no train worker to kill\n{out[-2000:]}"
     assert proc.returncode == 0, out[-3000:]
     starts = {int(line.split()[1]) for line in (ckpt.parent / "work.log").read_text().splitlines()}
@@ -82,3 +89,21 @@ def test_mixed_sweep_agrees_and_a_killed_worker_resumes(project: Path) -> None:
         assert two[key] == one[key], key
     biases = router_biases(project / ".harness")
     torch.testing.assert_close(biases[2], biases[1], rtol=0, atol=1e-6)
+
+
+def test_a_finished_train_run_waits_until_tune_has_its_last_report(tmp_path: Path) -> None:
+    """Ray 2.60's Train-to-Tune hand-over wedges a trial whose Train run returns while its last
+    report still waits for a slow Tune (the trial trained to the end, the sweep never returned);
+    the trainable waits for the hand-over (``_await_handed_reports``), so both reports arrive."""
+    script = Path(__file__).with_name("handover_trial.py")
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "ray")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its Ray goes with it on a timeout
+    try:
+        out, err = proc.communicate(timeout=150)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"the trial wedged\n{out[-1000:]}{err[-2000:]}")
+    assert proc.returncode == 0, err[-3000:]
+    assert json.loads(out.strip().splitlines()[-1]) == [0, 1]

@@ -8,7 +8,8 @@ A trial of ``train.workers > 1`` is a Ray Train run inside its Tune trial (Ray's
 with Ray Tune" pattern): the Tune trial is a light driver that starts a ``TorchTrainer`` of that
 many workers (each ``resources.cpu`` / ``resources.gpu``; gloo on CPU, nccl on CUDA) and
 returns when it ends. Every worker runs :func:`harness.train.run_trial` on its rank; rank 0's
-reports reach Tune through Ray Train's ``TuneReportCallback``, so the driver side is the same.
+reports reach Tune through Ray Train's ``TuneReportCallback``, so the driver side is the same;
+the Tune trial returns only once Tune has taken the last of them (:func:`_await_handed_reports`).
 A worker that dies fails the Train run (no retry inside it), hence the Tune trial, which Tune
 retries (``max_failures``): the new run resumes from the trial's checkpoint like any other.
 """
@@ -28,6 +29,8 @@ from harness.tracking import TrialStatus
 
 if TYPE_CHECKING:
     from harness.distributed import World
+
+log = logging.getLogger(__name__)
 
 REPORT_KEY = "harness"
 """The one key of a ``tune.report`` that carries a :class:`Report` (a JSON string)."""
@@ -211,6 +214,39 @@ def _train_run(spec: TrialSpec) -> None:
         ),
     )
     trainer.fit()
+    _await_handed_reports()
+
+
+HANDOVER_TIMEOUT_S = 300.0
+"""How long a finished multi-worker trial waits for Tune to take its last reports."""
+
+
+def _await_handed_reports(timeout_s: float = HANDOVER_TIMEOUT_S, quiet_polls: int = 3) -> None:
+    """Return once Tune has taken every report Ray Train handed over, so that the end-of-trial
+    result this trainable's return adds cannot wedge the trial.
+
+    Ray (2.60) moves each ``TuneReportCallback`` report from an inter-actor queue into the Tune
+    session's one-slot result queue on the trial's main thread, and the end of a function
+    trainable puts its own closing result into that slot. When a finished Train run returns
+    while its last report still waits in the inter-actor queue, the main thread blocks for ever
+    on a slot only it empties (seen under load: the trial trained to the end, then the sweep
+    never returned). Waiting until both queues stay empty for ``quiet_polls`` polls closes that
+    window; without those queues (another Ray) there is nothing to wait for."""
+    import time
+
+    from ray.train._internal.session import get_session
+
+    session = get_session()
+    handed = getattr(session, "_inter_actor_queue", None)
+    slot = getattr(session, "result_queue", None)
+    if handed is None or slot is None:
+        return
+    deadline, quiet = time.monotonic() + timeout_s, 0
+    while quiet < quiet_polls and time.monotonic() < deadline:
+        quiet = quiet + 1 if handed.empty() and slot.empty() else 0
+        time.sleep(0.1)
+    if quiet < quiet_polls:
+        log.warning("Tune did not take the last reports of this trial in %.0f s", timeout_s)
 
 
 def _train_worker(config: dict[str, Any]) -> None:
