@@ -231,11 +231,13 @@ def _await_handed_reports(timeout_s: float = HANDOVER_TIMEOUT_S, quiet_polls: in
     while its last report still waits in the inter-actor queue, the main thread blocks for ever
     on a slot only it empties (seen under load: the trial trained to the end, then the sweep
     never returned). Waiting until both queues stay empty for ``quiet_polls`` polls closes that
-    window; without those queues (another Ray) there is nothing to wait for."""
+    window; without that session or its queues (another Ray) there is nothing to wait for."""
     import time
 
-    from ray.train._internal.session import get_session
-
+    try:
+        from ray.train._internal.session import get_session
+    except ImportError:  # a Ray without this session: nothing to wait for
+        return
     session = get_session()
     handed = getattr(session, "_inter_actor_queue", None)
     slot = getattr(session, "result_queue", None)
